@@ -1,0 +1,18 @@
+"""PyTorch: ``torch.save`` / ``torch.load`` and TorchScript's ``torch.jit.save`` / ``load``."""
+
+from __future__ import annotations
+
+from clearml_hooks.hooks.binding import Binding, Target, arg
+
+
+class PyTorchBinding(Binding):
+    key = "pytorch"
+    framework = "PyTorch"
+    distribution = "torch"
+    requirement = "torch>=1.10"
+    targets = (
+        Target("torch.serialization", "save", "save", arg("f", 1), aliases=("torch:save",)),
+        Target("torch.serialization", "load", "load", arg("f", 0), aliases=("torch:load",)),
+        Target("torch.jit._serialization", "save", "save", arg("f", 1), aliases=("torch.jit:save",)),
+        Target("torch.jit._serialization", "load", "load", arg("f", 0), aliases=("torch.jit:load",)),
+    )

@@ -1,0 +1,166 @@
+"""What a framework binding declares: which functions to hook and how to find the model path.
+
+A binding says *what* to patch; the registry (``hooks.registry``) decides *how*. This module
+imports nothing heavy: it is loaded by ``Task.init`` before any framework is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Side = Literal["save", "load"]
+LocationKind = Literal["file", "dir", "files"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a hooked function, as the binding's extractors see it.
+
+    ``instance`` is the bound object for methods (``self``), else None. ``result`` is only set
+    after the call returned (for ``Target.locate``).
+    """
+
+    args: tuple
+    kwargs: dict
+    instance: Any = None
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class Location:
+    """What a save wrote (or a load read): one file, a directory, or an explicit file list.
+
+    ``files`` lists absolute paths for kind ``files`` (a TF checkpoint prefix: ``ckpt-1.index``,
+    ``ckpt-1.data-00000-of-00001``); ``path`` is then the prefix that names the model.
+    """
+
+    path: str
+    kind: LocationKind = "file"
+    files: tuple[str, ...] = ()
+    iteration: int | None = None
+    framework: str | None = None
+
+
+PathExtractor = Callable[[Call], Any]
+Locator = Callable[[Call, str], "Location | None"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One function to hook.
+
+    ``module`` + ``qualname`` name the defining function (``"torch.serialization"``,
+    ``"save"``; methods as ``"Model.save"``). ``aliases`` are other public spellings,
+    ``"module:qualname"``, that get the very same wrapper object. ``path`` pulls the path (a
+    str, an ``os.PathLike`` or a file object with ``.name``) out of the call *before* it runs,
+    for the filter. ``locate`` turns the finished call into a ``Location`` (default: the file at
+    that path). ``framework`` overrides the binding's ClearML framework name, as a string or a
+    function of the call (joblib: the framework of the dumped object).
+    """
+
+    module: str
+    qualname: str
+    side: Side
+    path: PathExtractor
+    locate: Locator | None = None
+    aliases: tuple[str, ...] = ()
+    framework: str | Callable[[Call], str | None] | None = None
+    filter_keys: tuple[str, ...] | None = None
+
+    @property
+    def spelling(self) -> str:
+        return f"{self.module}:{self.qualname}"
+
+
+class Binding:
+    """Base class of a framework binding: subclass it and fill in the class attributes.
+
+    ``key`` is the ``auto_connect_frameworks`` key; ``filter_keys`` the keys whose wildcards
+    filter this binding's calls (defaults to ``(key,)``; the first one present in the user's
+    dict wins). ``distribution`` + ``requirement`` gate by installed version, read from package
+    metadata without importing the framework.
+    """
+
+    key: ClassVar[str]
+    framework: ClassVar[str]
+    distribution: ClassVar[str | tuple[str, ...]]
+    requirement: ClassVar[str] = ""
+    filter_keys: ClassVar[tuple[str, ...]] = ()
+    targets: ClassVar[tuple[Target, ...]] = ()
+
+    @classmethod
+    def keys_for_filter(cls, target: Target) -> tuple[str, ...]:
+        return target.filter_keys or cls.filter_keys or (cls.key,)
+
+    @classmethod
+    def watched_modules(cls) -> set[str]:
+        mods = set()
+        for t in cls.targets:
+            mods.add(t.module)
+            mods.update(a.split(":", 1)[0] for a in t.aliases)
+        return mods
+
+
+# -- helpers that bindings use to describe arguments ------------------------------------------
+
+
+def arg(name: str, position: int, *, skip_self: bool = False) -> PathExtractor:
+    """Extract a parameter given by keyword ``name`` or at ``position`` (0-based, after self)."""
+
+    def extract(call: Call) -> Any:
+        if name in call.kwargs:
+            return call.kwargs[name]
+        if len(call.args) > position:
+            return call.args[position]
+        return None
+
+    extract.__qualname__ = f"arg({name!r}, {position})"
+    return extract
+
+
+def result_path(call: Call, pre_path: str) -> Location | None:
+    """Locate the file at the path the call returned (``tf.train.Checkpoint.save``)."""
+    res = call.result
+    if isinstance(res, (str, os.PathLike)):
+        return Location(path=os.fspath(res))
+    return Location(path=pre_path)
+
+
+def directory(call: Call, pre_path: str) -> Location | None:
+    """Locate a directory written by the call (a SavedModel)."""
+    return Location(path=pre_path, kind="dir")
+
+
+def file_or_directory(call: Call, pre_path: str) -> Location | None:
+    return Location(path=pre_path, kind="dir" if os.path.isdir(pre_path) else "file")
+
+
+@dataclass
+class PrefixFiles:
+    """Locate every file whose name starts with the prefix (``ckpt-3.index``, ``ckpt-3.data-…``)."""
+
+    suffixes: tuple[str, ...] = field(default=())
+
+    def __call__(self, call: Call, pre_path: str) -> Location | None:
+        prefix = pre_path
+        folder = os.path.dirname(prefix) or "."
+        base = os.path.basename(prefix)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return None
+        files = tuple(
+            sorted(
+                os.path.join(folder, n)
+                for n in names
+                if n.startswith(base + ".")
+                and (not self.suffixes or n[len(base) :].startswith(self.suffixes))
+                and os.path.isfile(os.path.join(folder, n))
+            )
+        )
+        if not files:
+            return None
+        return Location(path=prefix, kind="files", files=files)

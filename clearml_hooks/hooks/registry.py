@@ -1,0 +1,438 @@
+"""The hook registry: finds bindings, patches frameworks lazily, restores them exactly.
+
+Modeled on OpenTelemetry's ``BaseInstrumentor`` (idempotent ``instrument``/``uninstrument``,
+version gates from package metadata) and MLflow's ``safe_patch`` (the user's call always runs
+exactly once; agent failures never reach user code).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from clearml_hooks.hooks import contract, process
+from clearml_hooks.hooks.binding import Binding, Call, Location, Target
+from clearml_hooks.hooks.filters import PathFilter, compile_filter
+from clearml_hooks.hooks.importer import finder
+from clearml_hooks.hooks.selection import Selection, disabled_by_env, spec_for
+
+log = logging.getLogger("clearml_hooks")
+
+ENTRY_POINT_GROUP = "clearml_hooks.bindings"
+
+
+class CaptureSink(Protocol):
+    """What the hooks hand their findings to (the capture pipeline)."""
+
+    def before_save(self, path: str) -> None: ...
+
+    def saved(self, hook: Hook, location: Location, framework: str) -> None: ...
+
+    def loaded(self, hook: Hook, location: Location, framework: str) -> None: ...
+
+    def skipped(self, reason: str) -> None: ...
+
+
+_tls = threading.local()
+
+
+class Hook:
+    """The wrapper function (wrapt signature) for one target. The hot path lives here."""
+
+    __slots__ = ("binding", "target", "registry", "filter", "original", "wrapper", "filtered")
+
+    def __init__(self, binding: type[Binding], target: Target, registry: Registry) -> None:
+        self.binding = binding
+        self.target = target
+        self.registry = registry
+        self.filter: PathFilter = compile_filter(None)
+        self.original: Any = None
+        self.wrapper: Any = None
+        self.filtered = 0
+
+    def __call__(self, wrapped, instance, args, kwargs):
+        sink = self.registry.sink
+        if sink is None or getattr(_tls, "depth", 0):
+            return wrapped(*args, **kwargs)
+        _tls.depth = 1
+        try:
+            try:
+                pending = self._before(sink, instance, args, kwargs)
+            except Exception:
+                contract.agent_error(f"{self.target.spelling} (before the call)")
+                pending = None
+            result = wrapped(*args, **kwargs)
+            if pending is not None:
+                try:
+                    self._after(sink, pending, result)
+                except Exception:
+                    contract.agent_error(f"{self.target.spelling} (after the call)")
+            return result
+        finally:
+            _tls.depth = 0
+
+    def _before(self, sink: CaptureSink, instance, args, kwargs):
+        call = Call(args, kwargs, instance)
+        raw = self.target.path(call)
+        if raw is None:
+            return None
+        fileobj = None
+        if isinstance(raw, str):
+            path = raw
+        elif isinstance(raw, os.PathLike):
+            path = os.fsdecode(os.fspath(raw))
+        elif isinstance(raw, bytes):
+            path = os.fsdecode(raw)
+        else:
+            name = getattr(raw, "name", None)
+            if isinstance(name, bytes):
+                name = os.fsdecode(name)
+            if not isinstance(name, str) or not name or name.startswith("<"):
+                sink.skipped("stream")
+                return None
+            path, fileobj = name, raw
+        if not self.filter(path):
+            self.filtered += 1
+            return None
+        if not process.capture_allowed():
+            return None
+        if self.target.side == "save":
+            sink.before_save(path)
+        return call, path, fileobj
+
+    def _after(self, sink: CaptureSink, pending, result) -> None:
+        call, path, fileobj = pending
+        if fileobj is not None:
+            flush = getattr(fileobj, "flush", None)
+            if flush is not None and not getattr(fileobj, "closed", False):
+                flush()
+        done = Call(call.args, call.kwargs, call.instance, result)
+        location = self.target.locate(done, path) if self.target.locate else Location(path)
+        if location is None:
+            sink.skipped("nothing written")
+            return
+        framework = location.framework
+        if framework is None:
+            fw = self.target.framework
+            framework = fw(done) if callable(fw) else fw
+        framework = framework or self.binding.framework
+        if self.target.side == "save":
+            sink.saved(self, location, framework)
+        else:
+            sink.loaded(self, location, framework)
+
+
+_wrapper_class = None
+
+
+def wrapper_class():
+    """``wrapt.FunctionWrapper`` that also pickles and copies like the function it wraps.
+
+    wrapt's proxies refuse ``pickle``/``copy``; a function is pickled by reference, so the
+    wrapper reduces to its qualified name, which resolves back to this very wrapper.
+    """
+    global _wrapper_class
+    if _wrapper_class is None:
+        import wrapt
+
+        class CaptureWrapper(wrapt.FunctionWrapper):
+            def __reduce_ex__(self, protocol):
+                return self.__qualname__
+
+            def __reduce__(self):
+                return self.__qualname__
+
+            def __copy__(self):
+                return self
+
+            def __deepcopy__(self, memo):
+                return self
+
+        _wrapper_class = CaptureWrapper
+    return _wrapper_class
+
+
+@dataclass
+class Patch:
+    owner: Any
+    attribute: str
+    original: Any
+    wrapper: Any
+
+
+def _resolve(module: Any, qualname: str) -> tuple[Any, str]:
+    owner = module
+    *parents, attribute = qualname.split(".")
+    for name in parents:
+        owner = getattr(owner, name)
+    return owner, attribute
+
+
+def _own_attribute(owner: Any, attribute: str) -> Any:
+    if isinstance(owner, type):
+        return owner.__dict__.get(attribute)
+    return getattr(owner, attribute, None)
+
+
+def _loaded(name: str):
+    module = sys.modules.get(name)
+    if module is None:
+        return None
+    spec = getattr(module, "__spec__", None)
+    if getattr(spec, "_initializing", False):
+        return None
+    return module
+
+
+class Registry:
+    """All bindings, their hooks and the patches in place. One per process (``registry()``)."""
+
+    def __init__(self) -> None:
+        self.sink: CaptureSink | None = None
+        self.bindings: dict[str, type[Binding]] = {}
+        self.hooks: dict[str, list[Hook]] = {}
+        self.patches: list[Patch] = []
+        self.selection: Selection | None = None
+        self.unsupported: dict[str, str] = {}
+        self._gate: dict[str, bool] = {}
+        self._callbacks: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._discovered = False
+        self._fresh: dict[str, Any] = {}
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def load_builtin(self) -> None:
+        from clearml_hooks.bindings import BUILTIN
+
+        for key, ref in BUILTIN.items():
+            if key not in self.bindings:
+                try:
+                    self.add_binding(_load_ref(ref))
+                except ImportError:
+                    log.debug("clearml-hooks: built-in binding %s is not available", key)
+
+    def discover_entry_points(self) -> list[str]:
+        """Bindings from the ``clearml_hooks.bindings`` entry-point group (third parties too)."""
+        from importlib.metadata import entry_points
+
+        added = []
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in self.bindings:
+                continue
+            try:
+                binding = ep.load()
+                self.add_binding(binding)
+                added.append(binding.key)
+            except Exception:
+                contract.agent_error(f"loading binding {ep.name!r} from entry point {ep.value}")
+        self._discovered = True
+        return added
+
+    def add_binding(self, binding: type[Binding]) -> None:
+        with self._lock:
+            if not (isinstance(binding, type) and issubclass(binding, Binding)):
+                raise TypeError(f"{binding!r} is not a clearml_hooks Binding subclass")
+            self.bindings[binding.key] = binding
+            self.hooks[binding.key] = [Hook(binding, t, self) for t in binding.targets]
+            if self.selection is not None:
+                self._instrument_binding(binding.key)
+
+    # -- instrument / uninstrument ------------------------------------------------------------
+
+    def instrument(self, selection: Selection, sink: CaptureSink) -> None:
+        """Patch every selected binding now or when its framework is imported. Idempotent."""
+        with self._lock:
+            self.selection = selection
+            self.sink = sink
+            for key in list(self.bindings):
+                self._instrument_binding(key)
+
+    def _instrument_binding(self, key: str) -> None:
+        binding = self.bindings[key]
+        off = disabled_by_env()
+        selection = self.selection or {}
+        hooks = self.hooks[key]
+        wanted = []
+        for hook in hooks:
+            spec = spec_for(selection, binding.keys_for_filter(hook.target))
+            if spec is False or "*" in off or any(k in off for k in binding.keys_for_filter(hook.target)):
+                continue
+            hook.filter = compile_filter(spec if isinstance(spec, tuple) else None)
+            wanted.append(hook)
+        unwanted = [h for h in hooks if h not in wanted]
+        self._unpatch(unwanted)
+        for hook in wanted:
+            for name in {hook.target.module, *(a.split(":", 1)[0] for a in hook.target.aliases)}:
+                callback = self._callbacks.get(name)
+                if callback is None:
+                    callback = self._callbacks[name] = _ModuleCallback(self, name)
+                finder().watch(name, callback)
+            self._apply(hook)
+
+    def uninstrument(self) -> None:
+        """Restore every patched function exactly; stop watching imports. Idempotent."""
+        with self._lock:
+            self.sink = None
+            self.selection = None
+            f = finder()
+            for name, callback in self._callbacks.items():
+                f.unwatch(name, callback)
+            self._callbacks.clear()
+            for patch in reversed(self.patches):
+                if _own_attribute(patch.owner, patch.attribute) is patch.wrapper:
+                    setattr(patch.owner, patch.attribute, patch.original)
+            self.patches.clear()
+            for hooks in self.hooks.values():
+                for hook in hooks:
+                    hook.original = hook.wrapper = None
+
+    def _unpatch(self, hooks: list[Hook]) -> None:
+        if not hooks:
+            return
+        wrappers = {id(h.wrapper) for h in hooks if h.wrapper is not None}
+        keep = []
+        for patch in reversed(self.patches):
+            if id(patch.wrapper) in wrappers:
+                if _own_attribute(patch.owner, patch.attribute) is patch.wrapper:
+                    setattr(patch.owner, patch.attribute, patch.original)
+            else:
+                keep.append(patch)
+        self.patches = list(reversed(keep))
+        for hook in hooks:
+            hook.original = hook.wrapper = None
+
+    def on_module(self, name: str, module: Any = None) -> None:
+        """A watched module finished executing (still flagged as initializing by importlib)."""
+        with self._lock:
+            if self.selection is None:
+                return
+            if module is not None:
+                self._fresh[name] = module
+            for key, hooks in self.hooks.items():
+                for hook in hooks:
+                    t = hook.target
+                    if name == t.module or any(a.split(":", 1)[0] == name for a in t.aliases):
+                        if hook.filter is not None and self._selected(key, hook):
+                            self._apply(hook)
+            self._fresh.pop(name, None)
+
+    def _selected(self, key: str, hook: Hook) -> bool:
+        binding = self.bindings[key]
+        keys = binding.keys_for_filter(hook.target)
+        off = disabled_by_env()
+        if "*" in off or any(k in off for k in keys):
+            return False
+        return spec_for(self.selection or {}, keys) is not False
+
+    def _module(self, name: str) -> Any:
+        return self._fresh.get(name) or _loaded(name)
+
+    def _supported(self, binding: type[Binding]) -> bool:
+        key = binding.key
+        if key not in self._gate:
+            self._gate[key] = _version_ok(binding, self.unsupported)
+        return self._gate[key]
+
+    def _apply(self, hook: Hook) -> None:
+        t = hook.target
+        module = self._module(t.module)
+        if module is None or not self._supported(hook.binding):
+            return
+        try:
+            owner, attribute = _resolve(module, t.qualname)
+        except AttributeError:
+            log.debug("clearml-hooks: %s not found; this version has no such target", t.spelling)
+            return
+        current = _own_attribute(owner, attribute)
+        if current is None:
+            log.debug("clearml-hooks: %s is not defined there; skipped", t.spelling)
+            return
+        if current is not hook.wrapper:
+            if isinstance(current, wrapper_class()):
+                return  # patched by another registry instance; leave it alone
+            wrapper = wrapper_class()(current, hook)
+            setattr(owner, attribute, wrapper)
+            self.patches.append(Patch(owner, attribute, current, wrapper))
+            hook.original, hook.wrapper = current, wrapper
+        for alias in t.aliases:
+            alias_module_name, alias_qualname = alias.split(":", 1)
+            alias_module = self._module(alias_module_name)
+            if alias_module is None:
+                continue
+            try:
+                alias_owner, alias_attribute = _resolve(alias_module, alias_qualname)
+            except AttributeError:
+                continue
+            current = _own_attribute(alias_owner, alias_attribute)
+            if current is hook.original:
+                setattr(alias_owner, alias_attribute, hook.wrapper)
+            elif current is not hook.wrapper or any(
+                p.owner is alias_owner and p.attribute == alias_attribute for p in self.patches
+            ):
+                continue
+            # the alias was bound to our wrapper by the framework's own import
+            # (``from torch.serialization import save``): restore it on uninstrument too
+            self.patches.append(Patch(alias_owner, alias_attribute, hook.original, hook.wrapper))
+
+
+class _ModuleCallback:
+    """Post-import callback for one module name (an object, so it can be unwatched)."""
+
+    def __init__(self, registry: Registry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+
+    def __call__(self, module) -> None:
+        self.registry.on_module(self.name, module)
+
+
+def _load_ref(ref: str) -> type[Binding]:
+    module_name, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _version_ok(binding: type[Binding], unsupported: dict[str, str]) -> bool:
+    """Check the installed version against ``binding.requirement`` from package metadata."""
+    if not binding.requirement:
+        return True
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.requirements import Requirement
+
+        requirement = Requirement(binding.requirement)
+        dists = binding.distribution
+        for dist in (dists,) if isinstance(dists, str) else dists:
+            try:
+                installed = version(dist)
+            except PackageNotFoundError:
+                continue
+            if requirement.specifier.contains(installed, prereleases=True):
+                return True
+            unsupported[binding.key] = installed
+            log.warning("clearml-hooks: %s %s is not supported (needs %s); not capturing it",
+                        dist, installed, binding.requirement)
+            return False
+        return True  # no metadata (vendored or source checkout): trust it
+    except Exception:
+        contract.agent_error(f"version check of {binding.key}")
+        return True
+
+
+_registry: Registry | None = None
+_registry_lock = threading.Lock()
+
+
+def registry() -> Registry:
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = Registry()
+            _registry.load_builtin()
+        return _registry

@@ -96,13 +96,13 @@ class Hook:
                 sink.skipped("stream")
                 return None
             path, fileobj = name, raw
+        if self.target.side == "save" and getattr(sink, "protecting", True):
+            sink.before_save(path)  # even when filtered out: it may overwrite a staged file
         if not self.filter(path):
             self.filtered += 1
             return None
         if not process.capture_allowed():
             return None
-        if self.target.side == "save":
-            sink.before_save(path)
         return call, path, fileobj
 
     def _after(self, sink: CaptureSink, pending, result) -> None:

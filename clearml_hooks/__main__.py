@@ -1,0 +1,3 @@
+from clearml_hooks.cli import main
+
+main()

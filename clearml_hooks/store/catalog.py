@@ -1,0 +1,324 @@
+"""The catalog: projects, tasks, models, snapshots and lineage, in SQLite or PostgreSQL.
+
+One implementation over SQLAlchemy Core. SQLite runs in WAL mode with a long busy timeout and
+``BEGIN IMMEDIATE`` for writes, so many processes can write at once without ever surfacing
+"database is locked"; PostgreSQL gets the same code through its own dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from clearml_hooks.store import schema as s
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    return time.time()
+
+
+class CatalogError(RuntimeError):
+    """The catalog could not be opened or is not one of ours."""
+
+
+class SqlCatalog:
+    """Metadata store. ``url`` is a SQLAlchemy URL (``sqlite:////path/catalog.db``,
+    ``postgresql+psycopg://user@host/db``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = self._make_engine(url)
+        self._create_schema()
+
+    # -- connection handling ------------------------------------------------------------------
+
+    def _make_engine(self, url: str) -> Engine:
+        if not self.is_sqlite:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout = 60000")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection):
+            # a write takes the lock up front: no deadlock-prone read->write upgrade
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+        return engine
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite it takes the write lock at BEGIN (IMMEDIATE) and waits
+        up to a minute for it, so concurrent writers queue instead of failing."""
+        conn = self.engine.connect()
+        conn.info["write"] = True
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info["write"] = False
+            conn.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def _create_schema(self) -> None:
+        if self.is_sqlite:
+            path = self.url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        for attempt in range(5):
+            try:
+                with self.write() as conn:
+                    s.metadata.create_all(conn, checkfirst=True)
+                    row = conn.execute(select(s.info.c.value).where(s.info.c.key == "schema")).first()
+                    if row is None:
+                        conn.execute(s.info.insert().values(key="schema", value=str(s.SCHEMA_VERSION)))
+                    elif int(row[0]) > s.SCHEMA_VERSION:
+                        raise CatalogError(
+                            f"the catalog at {self.url} has schema {row[0]}, newer than this "
+                            f"clearml-hooks understands ({s.SCHEMA_VERSION}): upgrade clearml-hooks"
+                        )
+                return
+            except IntegrityError:
+                time.sleep(0.1)  # another process created it at the same moment
+            except OperationalError as exc:
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- projects and tasks -------------------------------------------------------------------
+
+    def ensure_project(self, conn: Connection, name: str) -> str:
+        row = conn.execute(select(s.projects.c.id).where(s.projects.c.name == name)).first()
+        if row:
+            return row[0]
+        project_id = new_id()
+        try:
+            with conn.begin_nested():
+                conn.execute(s.projects.insert().values(id=project_id, name=name, created=now()))
+        except IntegrityError:
+            return conn.execute(select(s.projects.c.id).where(s.projects.c.name == name)).scalar_one()
+        return project_id
+
+    def create_task(self, task_id: str, project: str, name: str, task_type: str,
+                    tags: Sequence[str] = (), comment: str = "") -> None:
+        with self.write() as conn:
+            project_id = self.ensure_project(conn, project)
+            t = now()
+            conn.execute(s.tasks.insert().values(
+                id=task_id, project_id=project_id, name=name, task_type=task_type,
+                status="in_progress", tags=json.dumps(list(tags)), comment=comment, labels="{}",
+                host=os.uname().nodename if hasattr(os, "uname") else "", pid=os.getpid(),
+                created=t, updated=t))
+
+    def update_task(self, task_id: str, **values: Any) -> None:
+        values["updated"] = now()
+        with self.write() as conn:
+            conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(**values))
+
+    def get_task(self, task_id: str) -> dict | None:
+        with self.read() as conn:
+            row = conn.execute(
+                select(s.tasks, s.projects.c.name.label("project"))
+                .join(s.projects, s.projects.c.id == s.tasks.c.project_id)
+                .where(s.tasks.c.id == task_id)).mappings().first()
+            return dict(row) if row else None
+
+    def list_tasks(self, project: str | None = None, limit: int | None = None) -> list[dict]:
+        q = (select(s.tasks, s.projects.c.name.label("project"))
+             .join(s.projects, s.projects.c.id == s.tasks.c.project_id)
+             .order_by(s.tasks.c.created.desc()))
+        if project:
+            q = q.where(s.projects.c.name == project)
+        if limit:
+            q = q.limit(limit)
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    # -- snapshots: the capture journal -------------------------------------------------------
+
+    def journal_snapshot(self, *, task_id: str, source: str, name: str, framework: str,
+                         kind: str, staging: str, files: Sequence[tuple[str, int]],
+                         iteration: int | None, owner: str, source_size: int | None,
+                         source_mtime_ns: int | None) -> tuple[str, str, int]:
+        """Record a pending snapshot of (task, source); returns (model_id, snapshot_id, version).
+
+        One short transaction: the snapshot is durable once this returns.
+        """
+        t = now()
+        with self.write() as conn:
+            model_id = conn.execute(select(s.models.c.id).where(
+                s.models.c.task_id == task_id, s.models.c.source == source)).scalar()
+            if model_id is None:
+                project_id = conn.execute(select(s.tasks.c.project_id).where(
+                    s.tasks.c.id == task_id)).scalar()
+                model_id = new_id()
+                conn.execute(s.models.insert().values(
+                    id=model_id, project_id=project_id, task_id=task_id, name=name, source=source,
+                    origin="captured", framework=framework, comment="", tags="[]",
+                    system_tags="[]", labels="{}", is_package=kind != "file", published=False,
+                    archived=False, ready=False, iteration=iteration, created=t, updated=t))
+                conn.execute(s.task_models.insert().values(
+                    task_id=task_id, model_id=model_id, direction="output", name=name, created=t))
+            version = (conn.execute(select(func.max(s.snapshots.c.version)).where(
+                s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
+            snapshot_id = new_id()
+            conn.execute(s.snapshots.insert().values(
+                id=snapshot_id, model_id=model_id, version=version, iteration=iteration,
+                state="pending", kind=kind, source_path=source, source_size=source_size,
+                source_mtime_ns=source_mtime_ns, staging=staging, owner=owner, created=t))
+            if files:
+                conn.execute(s.snapshot_files.insert(), [
+                    {"snapshot_id": snapshot_id, "relpath": rel, "size": size} for rel, size in files])
+            conn.execute(update(s.models).where(s.models.c.id == model_id).values(
+                updated=t, framework=framework, iteration=iteration))
+            return model_id, snapshot_id, version
+
+    def complete_snapshot(self, snapshot_id: str, *, files: Sequence[tuple[str, str, int]],
+                          digest: str, size: int, uri: str) -> None:
+        """Mark a snapshot stored; its model points at it if it is the newest stored one."""
+        t = now()
+        with self.write() as conn:
+            snap = conn.execute(select(s.snapshots).where(s.snapshots.c.id == snapshot_id)).mappings().first()
+            if snap is None or snap["state"] == "ready":
+                return
+            conn.execute(s.snapshot_files.delete().where(s.snapshot_files.c.snapshot_id == snapshot_id))
+            conn.execute(s.snapshot_files.insert(), [
+                {"snapshot_id": snapshot_id, "relpath": rel, "sha256": sha, "size": sz}
+                for rel, sha, sz in files])
+            conn.execute(update(s.snapshots).where(s.snapshots.c.id == snapshot_id).values(
+                state="ready", digest=digest, size=size, completed=t, staging=None, error=None))
+            model = conn.execute(select(s.models.c.latest_snapshot_id).where(
+                s.models.c.id == snap["model_id"])).first()
+            newest = True
+            if model and model[0]:
+                current = conn.execute(select(s.snapshots.c.version).where(
+                    s.snapshots.c.id == model[0])).scalar()
+                newest = current is None or snap["version"] >= current
+            if newest:
+                conn.execute(update(s.models).where(s.models.c.id == snap["model_id"]).values(
+                    latest_snapshot_id=snapshot_id, uri=uri, ready=True, updated=t,
+                    iteration=snap["iteration"]))
+
+    def fail_snapshot(self, snapshot_id: str, error: str) -> None:
+        with self.write() as conn:
+            conn.execute(update(s.snapshots).where(s.snapshots.c.id == snapshot_id).values(
+                state="failed", error=error[:2000], completed=now()))
+
+    def snapshot(self, snapshot_id: str) -> dict | None:
+        with self.read() as conn:
+            row = conn.execute(select(s.snapshots).where(s.snapshots.c.id == snapshot_id)).mappings().first()
+            if row is None:
+                return None
+            files = conn.execute(select(s.snapshot_files).where(
+                s.snapshot_files.c.snapshot_id == snapshot_id)).mappings().all()
+            return {**row, "files": [dict(f) for f in files]}
+
+    def snapshots_of(self, model_id: str) -> list[dict]:
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(select(s.snapshots).where(
+                s.snapshots.c.model_id == model_id).order_by(s.snapshots.c.version)).mappings()]
+
+    def pending_snapshots(self) -> list[dict]:
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(select(s.snapshots).where(
+                s.snapshots.c.state == "pending").order_by(s.snapshots.c.created)).mappings()]
+
+    def claim_snapshot(self, snapshot_id: str, old_owner: str | None, new_owner: str) -> bool:
+        """Take over a pending snapshot atomically (recovery after a crash)."""
+        with self.write() as conn:
+            result = conn.execute(update(s.snapshots).where(
+                s.snapshots.c.id == snapshot_id, s.snapshots.c.state == "pending",
+                s.snapshots.c.owner == old_owner if old_owner is not None
+                else s.snapshots.c.owner.is_(None)).values(owner=new_owner))
+            return result.rowcount == 1
+
+    # -- lineage --------------------------------------------------------------------------------
+
+    def find_by_source(self, path: str, size: int, mtime_ns: int) -> dict | None:
+        """A stored snapshot written at this path with this size and mtime (the path cache)."""
+        with self.read() as conn:
+            row = conn.execute(select(s.snapshots).where(
+                s.snapshots.c.source_path == path, s.snapshots.c.source_size == size,
+                s.snapshots.c.source_mtime_ns == mtime_ns, s.snapshots.c.state == "ready")
+                .order_by(s.snapshots.c.created.desc()).limit(1)).mappings().first()
+            return dict(row) if row else None
+
+    def find_by_digest(self, digest: str) -> dict | None:
+        with self.read() as conn:
+            row = conn.execute(select(s.snapshots).where(
+                s.snapshots.c.digest == digest, s.snapshots.c.state == "ready")
+                .order_by(s.snapshots.c.created.desc()).limit(1)).mappings().first()
+            return dict(row) if row else None
+
+    def link_model(self, task_id: str, model_id: str, direction: str, name: str | None = None,
+                   snapshot_id: str | None = None) -> None:
+        with self.write() as conn:
+            exists = conn.execute(select(s.task_models.c.model_id).where(
+                s.task_models.c.task_id == task_id, s.task_models.c.model_id == model_id,
+                s.task_models.c.direction == direction)).first()
+            if exists:
+                if name:
+                    conn.execute(update(s.task_models).where(
+                        s.task_models.c.task_id == task_id, s.task_models.c.model_id == model_id,
+                        s.task_models.c.direction == direction).values(name=name))
+                return
+            conn.execute(s.task_models.insert().values(
+                task_id=task_id, model_id=model_id, direction=direction, name=name,
+                snapshot_id=snapshot_id, created=now()))
+
+    def task_models(self, task_id: str) -> list[dict]:
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(
+                select(s.task_models.c.model_id, s.task_models.c.direction,
+                       s.task_models.c.name.label("link_name"), s.task_models.c.created)
+                .where(s.task_models.c.task_id == task_id)
+                .order_by(s.task_models.c.created)).mappings()]
+
+    def insert_model(self, conn: Connection, **values: Any) -> str:
+        t = now()
+        row = {"id": new_id(), "origin": "manual", "comment": "", "tags": "[]",
+               "system_tags": "[]", "labels": "{}", "is_package": False, "published": False,
+               "archived": False, "ready": False, "created": t, "updated": t}
+        row.update(values)
+        conn.execute(s.models.insert().values(**row))
+        return row["id"]
+
+    def get_model(self, model_id: str) -> dict | None:
+        with self.read() as conn:
+            row = conn.execute(
+                select(s.models, s.projects.c.name.label("project"))
+                .select_from(s.models.outerjoin(s.projects, s.projects.c.id == s.models.c.project_id))
+                .where(s.models.c.id == model_id)).mappings().first()
+            return dict(row) if row else None
+

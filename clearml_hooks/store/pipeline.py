@@ -1,0 +1,435 @@
+"""The capture pipeline: protect + journal in the training thread, hash + store in the background.
+
+In the training thread a save costs one hard link (or reflink) per file and one short catalog
+transaction; the bytes are never copied there unless the filesystem allows nothing better. A
+background worker then hashes each staged file while copying it into the content-addressed
+blob store, and marks the snapshot ready. A snapshot left pending by a crash is finished by the
+next process that opens the store (``recover``) or by ``clearml-hooks sync``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import socket
+import stat
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from clearml_hooks.hooks import contract
+from clearml_hooks.hooks.binding import Location
+
+if TYPE_CHECKING:
+    from clearml_hooks.hooks.registry import Hook
+    from clearml_hooks.store import Store
+
+log = logging.getLogger("clearml_hooks")
+
+CHUNK = 1 << 20
+FICLONE = 0x40049409  # linux/fs.h
+
+
+def _process_start() -> str:
+    try:
+        with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except OSError:
+        return str(int(time.time()))
+
+
+HOST = socket.gethostname()
+OWNER = f"{HOST}:{os.getpid()}:{_process_start()}"
+
+
+def _refresh_owner() -> None:
+    global OWNER
+    OWNER = f"{HOST}:{os.getpid()}:{_process_start()}"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_owner)
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Is the process that journaled a snapshot still running? Unknown hosts count as alive."""
+    if not owner:
+        return False
+    try:
+        host, pid_text, start = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != HOST:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode() == start
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not os.path.exists("/proc/self")  # no /proc: trust kill(0)
+
+
+def _reflink(src: str, dst: str) -> bool:
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        with open(src, "rb") as s, open(dst, "wb") as d:
+            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+        return True
+    except OSError:
+        try:
+            os.unlink(dst)
+        except OSError:
+            pass
+        return False
+
+
+def protect(src: str, dst: str) -> str:
+    """Make ``dst`` hold ``src``'s current bytes, as cheaply as the filesystem allows."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        os.link(src, dst)
+        return "link"
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+    if _reflink(src, dst):
+        return "reflink"
+    shutil.copyfile(src, dst)
+    return "copy"
+
+
+def location_files(location: Location) -> list[tuple[str, str]]:
+    """(absolute path, relative name) of every file a location covers."""
+    if location.kind == "file":
+        path = os.path.abspath(location.path)
+        return [(path, os.path.basename(path))]
+    if location.kind == "files":
+        return [(os.path.abspath(p), os.path.basename(p)) for p in location.files]
+    root = os.path.abspath(location.path)
+    out = []
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            out.append((full, os.path.relpath(full, root)))
+    return sorted(out, key=lambda item: item[1])
+
+
+def hash_and_copy(src: str, dst_tmp: str | None) -> tuple[str, int]:
+    """One read pass: sha256 of ``src``, copying it to ``dst_tmp`` on the way if given."""
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(src, "rb", buffering=0) as f:
+        out = open(dst_tmp, "wb", buffering=0) if dst_tmp else None
+        try:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                h.update(view[:n])
+                if out is not None:
+                    out.write(view[:n])
+                size += n
+        finally:
+            if out is not None:
+                out.close()
+    return h.hexdigest(), size
+
+
+def manifest_digest(files: list[tuple[str, str, int]]) -> str:
+    h = hashlib.sha256()
+    for rel, sha, size in sorted(files):
+        h.update(f"{rel}\0{sha}\0{size}\n".encode())
+    return h.hexdigest()
+
+
+class Recover:
+    """Job: finish the snapshots that a dead process left pending."""
+
+
+@dataclass
+class _Load:
+    task_id: str
+    path: str
+    kind: str
+    files: tuple[str, ...]
+    framework: str
+    name: str
+
+
+class Pipeline:
+    """Per-process worker that finishes snapshots and resolves loads, in order."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._idle = threading.Condition(self._lock)
+        self._pid = os.getpid()
+
+    def submit(self, job: Any) -> None:
+        with self._lock:
+            self._outstanding += 1
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="clearml-hooks-worker",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if isinstance(job, _Load):
+                    self.resolve_load(job)
+                elif isinstance(job, Recover):
+                    self.recover()
+                else:
+                    self.finish_snapshot(job)
+            except Exception:
+                try:
+                    contract.agent_error("storing a snapshot in the background")
+                except Exception:
+                    pass  # strict mode: already logged; the worker must keep going
+            finally:
+                with self._lock:
+                    self._outstanding -= 1
+                    if self._outstanding == 0:
+                        self._idle.notify_all()
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return self._outstanding
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted job is done; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def finish_snapshot(self, snapshot_id: str) -> bool:
+        """Hash the staged files into the blob store and mark the snapshot ready."""
+        catalog = self.store.catalog
+        snap = catalog.snapshot(snapshot_id)
+        if snap is None or snap["state"] != "pending":
+            return False
+        staging = snap["staging"]
+        blobs = self.store.blobs
+        stored: list[tuple[str, str, int]] = []
+        local_root = getattr(blobs, "root", None) if hasattr(blobs, "path_for") else None
+        for f in snap["files"]:
+            staged = os.path.join(staging, f["relpath"])
+            if not os.path.exists(staged):
+                catalog.fail_snapshot(snapshot_id, f"staged file {staged} is missing")
+                return False
+            if local_root is not None:
+                tmp = os.path.join(local_root, f".incoming-{snapshot_id}-{len(stored)}")
+                sha, size = hash_and_copy(staged, tmp)
+                blobs.put(tmp, sha, move=True)
+            else:
+                sha, size = hash_and_copy(staged, None)
+                blobs.put(staged, sha, move=False)
+            if size != f["size"]:
+                catalog.fail_snapshot(snapshot_id, f"{f['relpath']} changed while it was stored "
+                                      f"({f['size']} bytes journaled, {size} found)")
+                return False
+            stored.append((f["relpath"], sha, size))
+        if snap["kind"] == "file" and len(stored) == 1:
+            digest = stored[0][1]
+            uri = blobs.url_for(digest)
+        else:
+            digest = manifest_digest(stored)
+            uri = blobs.url_for(digest) + "?manifest"
+        catalog.complete_snapshot(snapshot_id, files=stored, digest=digest,
+                                  size=sum(s for _, _, s in stored), uri=uri)
+        shutil.rmtree(staging, ignore_errors=True)
+        return True
+
+    def recover(self, *, force: bool = False) -> list[str]:
+        """Finish snapshots whose process died (or every pending one with ``force``)."""
+        catalog = self.store.catalog
+        done = []
+        for snap in catalog.pending_snapshots():
+            if snap["owner"] == OWNER:
+                continue
+            if not force and owner_alive(snap["owner"]):
+                continue
+            if catalog.claim_snapshot(snap["id"], snap["owner"], OWNER) and self.finish_snapshot(
+                    snap["id"]):
+                done.append(snap["id"])
+        return done
+
+    # -- loads ----------------------------------------------------------------------------------
+
+    def resolve_load(self, job: _Load) -> None:
+        """Connect a loaded file to the model that wrote it (path cache, then hash)."""
+        from clearml_hooks.store import schema as s
+
+        catalog = self.store.catalog
+        files = [(p, os.path.basename(p)) for p in job.files] if job.kind == "files" else \
+            location_files(Location(job.path, job.kind))  # type: ignore[arg-type]
+        if not files:
+            return
+        match = None
+        if job.kind == "file":
+            st = os.stat(job.path)
+            match = catalog.find_by_source(job.path, st.st_size, st.st_mtime_ns)
+        hashed = [(rel, *hash_and_copy(full, None)) for full, rel in files]
+        digest = hashed[0][1] if job.kind == "file" else manifest_digest(hashed)
+        if match is None:
+            match = catalog.find_by_digest(digest)
+        if match is not None:
+            catalog.link_model(job.task_id, match["model_id"], "input", snapshot_id=match["id"])
+            return
+        # never seen: register it as an imported model that points at the file itself
+        from clearml_hooks.store.catalog import new_id, now
+
+        uri = "file://" + job.path
+        with catalog.write() as conn:
+            project_id = conn.execute(s.tasks.select().with_only_columns(s.tasks.c.project_id)
+                                      .where(s.tasks.c.id == job.task_id)).scalar()
+            model_id = catalog.insert_model(
+                conn, project_id=project_id, task_id=None, name=job.name, origin="imported",
+                framework=job.framework, uri=uri, ready=True, is_package=job.kind != "file")
+            snapshot_id = new_id()
+            conn.execute(s.snapshots.insert().values(
+                id=snapshot_id, model_id=model_id, version=1, state="ready", kind=job.kind,
+                source_path=job.path, digest=digest, size=sum(h[2] for h in hashed),
+                created=now(), completed=now()))
+            conn.execute(s.snapshot_files.insert(), [
+                {"snapshot_id": snapshot_id, "relpath": rel, "sha256": sha, "size": size}
+                for rel, sha, size in hashed])
+            conn.execute(s.models.update().where(s.models.c.id == model_id).values(
+                latest_snapshot_id=snapshot_id))
+        catalog.link_model(job.task_id, model_id, "input", snapshot_id=snapshot_id)
+
+
+class Capturer:
+    """The hooks' sink for one task: turns hooked calls into journaled snapshots."""
+
+    def __init__(self, store: Store, task_id: str, *, offline: bool = False) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.offline = offline
+        self.pipeline = Pipeline(store)
+        self.stats: Counter[str] = Counter()
+        self.iteration: int | None = None
+        self._protected: dict[tuple[int, int], str] = {}
+        self._seen_loads: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    # -- CaptureSink ----------------------------------------------------------------------------
+
+    def skipped(self, reason: str) -> None:
+        self.stats[f"skipped_{reason}"] += 1
+
+    @property
+    def protecting(self) -> bool:
+        return bool(self._protected)
+
+    def before_save(self, path: str) -> None:
+        """Break our hard link before the framework rewrites a file in place."""
+        if not self._protected:
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            for folder, _dirs, names in os.walk(path):
+                for name in names:
+                    self._unshare(os.path.join(folder, name))
+        else:
+            self._unshare(path, st)
+
+    def _unshare(self, path: str, st: os.stat_result | None = None) -> None:
+        try:
+            st = st or os.stat(path)
+        except OSError:
+            return
+        if st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._protected:
+            os.unlink(path)  # the framework's write now creates a new file; ours keeps the old
+            self.stats["links_broken"] += 1
+
+    def saved(self, hook: Hook | None, location: Location, framework: str) -> None:
+        files = location_files(location)
+        if not files:
+            self.stats["skipped_nothing_written"] += 1
+            return
+        source = os.path.abspath(location.path)
+        token = os.urandom(16).hex()
+        staging = os.path.join(self.store.staging_root, token)
+        journal_files = []
+        linked = []
+        for full, rel in files:
+            how = protect(full, os.path.join(staging, rel))
+            st = os.stat(os.path.join(staging, rel))
+            journal_files.append((rel, st.st_size))
+            if how == "link":
+                linked.append((st.st_dev, st.st_ino))
+            self.stats[f"protected_by_{how}"] += 1
+        try:
+            src_stat = os.stat(files[0][0]) if location.kind == "file" else None
+        except OSError:
+            src_stat = None
+        iteration = location.iteration if location.iteration is not None else self.iteration
+        name = os.path.basename(source.rstrip(os.sep)) or source
+        _model_id, snapshot_id, _version = self.store.catalog.journal_snapshot(
+            task_id=self.task_id, source=source, name=name, framework=framework,
+            kind=location.kind, staging=staging, files=journal_files, iteration=iteration,
+            owner=OWNER, source_size=src_stat.st_size if src_stat else None,
+            source_mtime_ns=src_stat.st_mtime_ns if src_stat else None)
+        with self._lock:
+            for key in linked:
+                self._protected[key] = snapshot_id
+        self.stats["saves"] += 1
+        if not self.offline:
+            self.pipeline.submit(snapshot_id)
+
+    def loaded(self, hook: Hook | None, location: Location, framework: str) -> None:
+        path = os.path.abspath(location.path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            self.stats["skipped_missing"] += 1
+            return
+        key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in self._seen_loads:
+            return
+        self._seen_loads.add(key)
+        self.stats["loads"] += 1
+        name = os.path.basename(path.rstrip(os.sep))
+        self.pipeline.submit(_Load(self.task_id, path, location.kind, tuple(
+            os.path.abspath(p) for p in location.files), framework, name))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.pipeline.wait(timeout)

@@ -148,6 +148,7 @@ class Task(TaskRegistryMixin):
         try:
             self.store.catalog.create_task(self.id, self.project, self.name, self.task_type,
                                            self.tags)
+            self.capturer.registered.set()
             from clearml_hooks.store.pipeline import Recover
 
             self.capturer.pipeline.submit(Recover())
@@ -160,6 +161,7 @@ class Task(TaskRegistryMixin):
                 pass
         finally:
             self._created.set()
+            self.capturer.registered.set()  # never leave a hook waiting on a failed store
 
     def wait_registered(self, timeout: float | None = 120.0) -> None:
         self._created.wait(timeout)

@@ -344,6 +344,7 @@ class Capturer:
         self._protected: dict[tuple[int, int], str] = {}
         self._seen_loads: set[tuple] = set()
         self._lock = threading.Lock()
+        self.registered = threading.Event()  # set once the task row exists in the catalog
 
     # -- CaptureSink ----------------------------------------------------------------------------
 
@@ -401,6 +402,7 @@ class Capturer:
             src_stat = None
         iteration = location.iteration if location.iteration is not None else self.iteration
         name = os.path.basename(source.rstrip(os.sep)) or source
+        self.registered.wait(120)
         _model_id, snapshot_id, _version = self.store.catalog.journal_snapshot(
             task_id=self.task_id, source=source, name=name, framework=framework,
             kind=location.kind, staging=staging, files=journal_files, iteration=iteration,
@@ -425,6 +427,7 @@ class Capturer:
             return
         self._seen_loads.add(key)
         self.stats["loads"] += 1
+        self.registered.wait(120)
         name = os.path.basename(path.rstrip(os.sep))
         self.pipeline.submit(_Load(self.task_id, path, location.kind, tuple(
             os.path.abspath(p) for p in location.files), framework, name))

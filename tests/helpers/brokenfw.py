@@ -1,0 +1,4 @@
+def write(data, path):
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(data)

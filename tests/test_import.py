@@ -1,0 +1,36 @@
+"""``import clearml_hooks`` must not import any ML framework (nor the store's heavy libraries)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FRAMEWORKS = ["torch", "tensorflow", "keras", "sklearn", "joblib", "xgboost", "catboost",
+              "lightgbm", "fastai", "megengine", "lightning", "pytorch_lightning"]
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json; "
+                          "print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_import_pulls_in_no_framework():
+    loaded = _modules_after("import clearml_hooks; from clearml_hooks import Task, Model")
+    assert not loaded & set(FRAMEWORKS)
+
+
+def test_task_init_pulls_in_no_framework(tmp_path):
+    loaded = _modules_after(
+        f"from clearml_hooks import Task; Task.init(project_name='p', task_name='t', "
+        f"output_uri={str(tmp_path)!r})")
+    assert not loaded & set(FRAMEWORKS)
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "clearml_hooks", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "models" in out.stdout

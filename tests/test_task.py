@@ -1,0 +1,97 @@
+"""Task.init / current_task / close, as ClearML users expect them."""
+
+from __future__ import annotations
+
+import pytest
+
+from clearml_hooks import Task
+from clearml_hooks.hooks.selection import FRAMEWORK_KEYS
+
+
+def test_init_returns_open_task_with_identity(store_dir):
+    task = Task.init(project_name="vision", task_name="resnet", output_uri=str(store_dir))
+    try:
+        assert Task.current_task() is task
+        assert task.name == "resnet" and task.project == "vision"
+        assert len(task.id) == 32
+        task.wait_registered()
+        row = task.store.catalog.get_task(task.id)
+        assert row["project"] == "vision" and row["status"] == "in_progress"
+    finally:
+        task.close()
+    assert Task.current_task() is None
+    assert task.store.catalog.get_task(task.id)["status"] == "completed"
+
+
+def test_second_init_same_name_returns_same_task(store_dir):
+    with Task.init(project_name="p", task_name="t", output_uri=str(store_dir)) as task:
+        assert Task.init(project_name="p", task_name="t", output_uri=str(store_dir)) is task
+
+
+def test_second_init_other_name_says_close_first(store_dir):
+    with Task.init(project_name="p", task_name="t", output_uri=str(store_dir)):
+        with pytest.raises(RuntimeError, match=r"close\(\)"):
+            Task.init(project_name="p", task_name="other", output_uri=str(store_dir))
+
+
+def test_after_close_init_starts_new_task(store_dir):
+    first = Task.init(project_name="p", task_name="t", output_uri=str(store_dir))
+    first.close()
+    second = Task.init(project_name="p", task_name="t", output_uri=str(store_dir))
+    try:
+        assert second is not first and second.id != first.id
+    finally:
+        second.close()
+
+
+def test_context_manager_closes(store_dir):
+    with Task.init(project_name="p", task_name="t", output_uri=str(store_dir)) as task:
+        assert Task.current_task() is task
+    assert task.closed and Task.current_task() is None
+
+
+def test_clearml_keyword_arguments_are_accepted(store_dir):
+    task = Task.init(
+        project_name="p", task_name="t", task_type=Task.TaskTypes.training, tags=["a", "b"],
+        reuse_last_task_id=False, continue_last_task=False, auto_connect_arg_parser=True,
+        auto_resource_monitoring=False, auto_connect_streams=True, output_uri=str(store_dir))
+    try:
+        assert task.tags == ["a", "b"]
+    finally:
+        task.close()
+
+
+def test_unknown_keyword_is_a_type_error(store_dir):
+    with pytest.raises(TypeError, match="no_such_option"):
+        Task.init(project_name="p", task_name="t", no_such_option=1, output_uri=str(store_dir))
+    assert Task.current_task() is None
+
+
+@pytest.mark.parametrize("bad", [{"pytorch": 3}, {"pytorch": ["*.pt", 5]}, {"pytorch": None}])
+def test_bad_filter_value_names_the_key(store_dir, bad):
+    with pytest.raises(ValueError, match="pytorch"):
+        Task.init(project_name="p", task_name="t", auto_connect_frameworks=bad,
+                  output_uri=str(store_dir))
+    assert Task.current_task() is None
+
+
+def test_unknown_framework_key_lists_valid_keys(store_dir):
+    with pytest.raises(ValueError) as info:
+        Task.init(project_name="p", task_name="t", auto_connect_frameworks={"pytorhc": True},
+                  output_uri=str(store_dir))
+    message = str(info.value)
+    assert "'pytorhc'" in message
+    for key in FRAMEWORK_KEYS:
+        assert key in message
+
+
+def test_auto_connect_must_be_bool_or_dict(store_dir):
+    with pytest.raises(ValueError, match="auto_connect_frameworks"):
+        Task.init(project_name="p", task_name="t", auto_connect_frameworks="pytorch",
+                  output_uri=str(store_dir))
+
+
+def test_bad_output_uri_scheme_is_a_clear_error(store_dir):
+    with pytest.raises(ValueError, match="ftpx"):
+        Task.init(project_name="p", task_name="t", output_uri="ftpx://host/models")
+    assert Task.current_task() is None

@@ -1,0 +1,258 @@
+"""The capture contract (DESIGN.md), clause by clause, with real torch and real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from clearml_hooks import Task
+from clearml_hooks.config import Settings
+from clearml_hooks.store import Store
+from clearml_hooks.store.pipeline import Pipeline
+from tests.conftest import run_script
+
+
+def _open(store_dir: Path) -> Store:
+    return Store(Settings.resolve(output_uri=str(store_dir)), background=False)
+
+
+def _snapshots(store: Store) -> list[dict]:
+    from sqlalchemy import select
+
+    from clearml_hooks.store import schema as s
+
+    with store.catalog.read() as conn:
+        return [dict(r) for r in conn.execute(select(s.snapshots).order_by(s.snapshots.c.created)).mappings()]
+
+
+def _blob_bytes(store: Store, snap: dict) -> bytes:
+    (f,) = store.catalog.snapshot(snap["id"])["files"]
+    return Path(store.blobs.path_for(f["sha256"])).read_bytes()
+
+
+def test_overwrite_right_after_save_keeps_each_snapshot_intact(task, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    written = []
+    for i in range(5):
+        torch.save({"w": torch.full((50_000,), float(i))}, path)  # no waiting in between
+        written.append(path.read_bytes())
+    task.flush(wait_for_uploads=True)
+    (model,) = task.models["output"]
+    stored = [Path(model.get_local_copy(version=v)).read_bytes() for v in range(1, 6)]
+    assert stored == written
+    assert task.capture_stats.get("protected_by_copy", 0) == 0  # hard links, no copy
+
+
+def test_deleting_the_file_right_after_save_loses_nothing(task, tmp_path):
+    path = tmp_path / "gone.pt"
+    torch.save({"w": torch.ones(1000)}, path)
+    expected = path.read_bytes()
+    path.unlink()
+    task.flush(wait_for_uploads=True)
+    (model,) = task.models["output"]
+    assert Path(model.get_local_copy()).read_bytes() == expected
+
+
+def test_identical_bytes_are_stored_once(task, tmp_path, store_dir):
+    state = {"w": torch.arange(10_000.0)}
+    for folder in ("a", "b", "c"):  # same file name: torch writes the name into the archive
+        (tmp_path / folder).mkdir()
+        torch.save(state, tmp_path / folder / "model.pt")
+    task.flush(wait_for_uploads=True)
+    assert len(task.models["output"]) == 3
+    blobs = [p for p in (store_dir / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 1
+
+
+def test_snapshot_is_journaled_when_the_call_returns(store_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEARML_HOOKS_OFFLINE", "1")  # nothing finishes in the background
+    with Task.init(project_name="p", task_name="journal", output_uri=str(store_dir)) as task:
+        torch.save({"w": 1}, tmp_path / "j.pt")
+        (snap,) = _snapshots(task.store)
+        assert snap["state"] == "pending" and snap["source_path"] == str(tmp_path / "j.pt")
+
+
+def test_exit_waits_for_pending_snapshots(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from clearml_hooks import Task
+        Task.init(project_name="p", task_name="exit", output_uri={str(store)!r})
+        for i in range(3):
+            torch.save({{"w": torch.randn(2_000_000)}}, {str(tmp_path / 'm')!r} + str(i) + ".pt")
+        # no close(): the interpreter exits right away
+    """))
+    out = run_script(script)
+    assert out.returncode == 0, out.stderr
+    snaps = _snapshots(_open(store))
+    assert [s["state"] for s in snaps] == ["ready"] * 3
+
+
+def test_exit_timeout_leaves_snapshots_pending_and_says_so(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from clearml_hooks import Task
+        Task.init(project_name="p", task_name="exit", output_uri={str(store)!r})
+        for i in range(4):
+            torch.save({{"w": torch.randn(25_000_000)}}, {str(tmp_path / 'big')!r} + str(i) + ".pt")
+    """))
+    out = run_script(script, env={"CLEARML_HOOKS_EXIT_TIMEOUT": "0"})
+    assert out.returncode == 0, out.stderr
+    assert "still pending" in out.stderr and "clearml-hooks sync" in out.stderr
+    snaps = _snapshots(_open(store))
+    assert len(snaps) == 4 and any(s["state"] == "pending" for s in snaps)
+    # the next process that opens the store finishes them
+    recovered = Pipeline(_open(store)).recover()
+    assert len(recovered) >= 1
+    assert {s["state"] for s in _snapshots(_open(store))} == {"ready"}
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_sigkill_leaves_snapshot_that_next_process_finishes(tmp_path, offline):
+    store = tmp_path / "store"
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, torch
+        from clearml_hooks import Task
+        Task.init(project_name="p", task_name="killed", output_uri={str(store)!r})
+        torch.save({{"w": torch.randn(20_000_000)}}, {str(tmp_path / 'k.pt')!r})
+        os.kill(os.getpid(), signal.SIGKILL)
+    """))
+    out = run_script(script, env={"CLEARML_HOOKS_OFFLINE": offline})
+    assert out.returncode == -signal.SIGKILL
+    expected = (tmp_path / "k.pt").read_bytes()
+    (tmp_path / "k.pt").unlink()  # the user's file is gone: the journal must have its bytes
+    before = _snapshots(_open(store))
+    assert len(before) == 1
+    if offline == "1":
+        assert before[0]["state"] == "pending"
+    # the next process to open the store (a new task) finishes it
+    with Task.init(project_name="p", task_name="next", output_uri=str(store)) as task:
+        task.flush(wait_for_uploads=True)
+    (snap,) = _snapshots(_open(store))
+    assert snap["state"] == "ready"
+    assert _blob_bytes(_open(store), snap) == expected
+
+
+def test_many_processes_write_one_store_at_once(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        from clearml_hooks import Task
+        n = sys.argv[1]
+        task = Task.init(project_name="p", task_name="worker-" + n, output_uri={str(store)!r})
+        for i in range(15):
+            torch.save({{"n": n, "i": i}}, {str(tmp_path)!r} + f"/w{{n}}-{{i % 5}}.pt")
+        task.close()
+        print("done", n)
+    """))
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(n)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in range(8)]
+    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    for stdout, stderr, code in results:
+        assert code == 0, stderr
+        assert "locked" not in stderr.lower()
+    snaps = _snapshots(_open(store))
+    assert len(snaps) == 8 * 15 and {s["state"] for s in snaps} == {"ready"}
+    from sqlalchemy import func, select
+
+    from clearml_hooks.store import schema as s
+
+    with _open(store).catalog.read() as conn:
+        assert conn.execute(select(func.count()).select_from(s.models)).scalar() == 8 * 5
+
+
+def test_dataloader_workers_do_not_capture(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "loader.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from torch.utils.data import DataLoader, Dataset
+        from clearml_hooks import Task
+
+        class Saving(Dataset):
+            def __len__(self):
+                return 4
+            def __getitem__(self, i):
+                torch.save({{"i": i}}, {str(tmp_path)!r} + f"/worker-{{i}}.pt")
+                return i
+
+        task = Task.init(project_name="p", task_name="loader", output_uri={str(store)!r})
+        list(DataLoader(Saving(), num_workers=2, multiprocessing_context="fork"))
+        torch.save({{"main": 1}}, {str(tmp_path / 'main.pt')!r})
+        task.flush(wait_for_uploads=True)
+        print(sorted(m.name for m in task.models["output"]))
+    """))
+    out = run_script(script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['main.pt']"
+    assert all((tmp_path / f"worker-{i}.pt").exists() for i in range(4))
+
+
+@pytest.mark.parametrize(("env", "captured"), [
+    ({"RANK": "1"}, False),
+    ({"LOCAL_RANK": "2"}, False),
+    ({"RANK": "0"}, True),
+    ({"RANK": "1", "CLEARML_HOOKS_CAPTURE_ALL_RANKS": "1"}, True),
+])
+def test_only_rank_zero_captures(tmp_path, env, captured):
+    store = tmp_path / "store"
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from clearml_hooks import Task
+        task = Task.init(project_name="p", task_name="rank", output_uri={str(store)!r})
+        torch.save({{}}, {str(tmp_path / 'r.pt')!r})
+        task.flush(wait_for_uploads=True)
+        print(len(task.models["output"]))
+    """))
+    out = run_script(script, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == ("1" if captured else "0")
+
+
+def test_torch_distributed_rank_is_respected(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "dist.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        import torch, torch.distributed as dist
+        import torch.multiprocessing as mp
+        from clearml_hooks import Task
+
+        def run(rank):
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+            dist.init_process_group("gloo", rank=rank, world_size=2)
+            task = Task.init(project_name="p", task_name="ddp", output_uri={str(store)!r})
+            torch.save({{"rank": rank}}, {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+            task.close()
+            dist.destroy_process_group()
+
+        if __name__ == "__main__":
+            mp.spawn(run, nprocs=2)
+    """))
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # RANK is unset: only torch.distributed knows the rank
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK")}
+    out = run_script(script, str(port), env=env)
+    assert out.returncode == 0, out.stderr
+    names = sorted(s["source_path"].rsplit("/", 1)[1] for s in _snapshots(_open(store)))
+    assert names == ["rank0.pt"]

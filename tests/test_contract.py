@@ -163,7 +163,7 @@ def test_many_processes_write_one_store_at_once(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for n in range(8)]
     results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
-    for stdout, stderr, code in results:
+    for _stdout, stderr, code in results:
         assert code == 0, stderr
         assert "locked" not in stderr.lower()
     snaps = _snapshots(_open(store))

@@ -79,7 +79,7 @@ def test_each_save_of_a_path_is_a_new_version(task, tmp_path):
     assert [s["iteration"] for s in snaps] == [0, 100, 200]
     assert model.iteration == 200
     assert _stored_bytes(model) == contents[-1]
-    for snap, expected in zip(snaps, contents):
+    for snap, expected in zip(snaps, contents, strict=True):
         assert Path(model.get_local_copy(version=snap["version"])).read_bytes() == expected
 
 

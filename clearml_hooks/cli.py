@@ -1,0 +1,419 @@
+"""The ``clearml-hooks`` command line: browse and manage the model registry, finish pending uploads.
+
+Tables (rich) for people, ``--json`` for scripts. Bad arguments or an unknown id print one line
+on stderr and exit with status 2. The store is ``--home DIR``, else ``CLEARML_HOOKS_HOME`` / the
+config file (``Settings.resolve``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+import click
+
+from clearml_hooks import __version__
+
+
+class CliError(click.ClickException):
+    """A one-line error; exit status 2 like click's own usage errors."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"clearml-hooks: error: {self.format_message()}", err=True)
+
+
+def _errors(fn):
+    """Turn the API's ValueError / store errors into one line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from clearml_hooks.store import StoreUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, StoreUnavailable) as exc:
+            raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+
+    return wrapper
+
+
+def _store(ctx: click.Context):
+    from clearml_hooks.config import Settings
+    from clearml_hooks.store import store_for
+
+    obj = ctx.find_root().obj
+    if obj.get("store") is None:
+        settings = Settings.resolve(home=obj.get("home"))
+        store = store_for(settings, background=False)
+        store.wait()
+        obj["store"] = store
+    return obj["store"]
+
+
+def _model(ctx: click.Context, model_id: str):
+    from clearml_hooks.models import Model
+
+    return Model(model_id, store=_store(ctx))
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
+
+
+def _model_dict(row: dict) -> dict:
+    return {
+        "id": row["id"], "name": row["name"], "project": row.get("project"),
+        "framework": row["framework"], "tags": json.loads(row["tags"]),
+        "system_tags": json.loads(row["system_tags"]), "published": bool(row["published"]),
+        "archived": bool(row["archived"]), "ready": bool(row["ready"]),
+        "iteration": row["iteration"], "url": row["uri"], "task": row["task_id"],
+        "parent": row["parent_id"], "origin": row["origin"], "comment": row["comment"],
+        "created": _iso(row["created"]), "updated": _iso(row["updated"]),
+    }
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _console():
+    from rich.console import Console
+
+    # scripts that want to parse use --json; a pipe still gets full-width rows
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 220)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), default=None,
+              help="Store directory (default: CLEARML_HOOKS_HOME, the config file, ~/.clearml-hooks).")
+@click.version_option(__version__, prog_name="clearml-hooks")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """Browse and manage the models that clearml-hooks captured and registered."""
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+@cli.group()
+def models() -> None:
+    """List, show, download, publish, archive and tag models."""
+
+
+@models.command("list")
+@click.option("--project", default=None, help="Only this project (exact name).")
+@click.option("--name", default=None, help="Only models with this exact name.")
+@click.option("--tag", "tags", multiple=True,
+              help="Tag filter, repeatable: OR by default, -tag excludes, __$and/__$or/__$not.")
+@click.option("--published", is_flag=True, help="Only published models.")
+@click.option("--archived", is_flag=True, help="Include archived models.")
+@click.option("--framework", default=None, help="Only this framework (PyTorch, Keras, ...).")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="Exact metadata match, repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N models.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N models.")
+@click.option("--sort", "order_by", default="-updated", show_default=True,
+              help="updated, created, name or iteration; '-' prefix for descending.")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+@click.pass_context
+@_errors
+def models_list(ctx: click.Context, project, name, tags, published, archived, framework, metadata,
+                limit, offset, order_by, as_json) -> None:
+    """Models, most recently updated first."""
+    from clearml_hooks.frameworks import canonical_framework
+    from clearml_hooks.store import model_ops
+
+    meta = {}
+    for item in metadata:
+        if "=" not in item:
+            raise CliError(f"--metadata expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        meta[key] = value
+    rows = model_ops.query(
+        _store(ctx).catalog, project_name=project, model_name=name, tags=list(tags) or None,
+        only_published=published, include_archived=archived, max_results=limit, metadata=meta,
+        framework=canonical_framework(framework) if framework else None, order_by=order_by,
+        offset=offset)
+    if as_json:
+        _echo_json([_model_dict(r) for r in rows])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} model(s)", title_justify="left")
+    for col in ("id", "name", "project", "framework", "iter", "tags", "status", "updated"):
+        table.add_column(col, no_wrap=col in ("id", "updated"))
+    for r in rows:
+        status = "published" if r["published"] else ("stored" if r["ready"] else "pending")
+        if r["archived"]:
+            status += ", archived"
+        table.add_row(r["id"], r["name"], r["project"] or "", r["framework"] or "",
+                      "" if r["iteration"] is None else str(r["iteration"]),
+                      ", ".join(json.loads(r["tags"])), status, _when(r["updated"]))
+    _console().print(table)
+
+
+@models.command("show")
+@click.argument("model_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+@click.pass_context
+@_errors
+def models_show(ctx: click.Context, model_id: str, as_json: bool) -> None:
+    """Everything about one model: fields, metadata, labels, snapshots, tasks."""
+    from clearml_hooks.store import model_ops
+
+    store = _store(ctx)
+    row = model_ops.get_row(store.catalog, model_id)
+    info = _model_dict(row)
+    info["labels"] = json.loads(row["labels"])
+    info["config_text"] = row["config_text"]
+    info["metadata"] = model_ops.get_metadata(store.catalog, model_id)
+    info["snapshots"] = [
+        {"version": s["version"], "iteration": s["iteration"], "state": s["state"],
+         "size": s["size"], "digest": s["digest"], "created": _iso(s["created"]),
+         "error": s["error"]} for s in store.catalog.snapshots_of(model_id)]
+    if as_json:
+        _echo_json(info)
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, title=f"model {model_id}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key in ("name", "project", "framework", "iteration", "url", "task", "parent", "origin",
+                "published", "archived", "ready", "created", "updated", "comment"):
+        value = info[key]
+        table.add_row(key, "" if value is None else str(value))
+    table.add_row("tags", ", ".join(info["tags"]))
+    table.add_row("system tags", ", ".join(info["system_tags"]))
+    if info["labels"]:
+        table.add_row("labels", json.dumps(info["labels"]))
+    for key, entry in info["metadata"].items():
+        table.add_row(f"metadata.{key}", f"{entry['value']} ({entry['type']})")
+    console = _console()
+    console.print(table)
+    if info["snapshots"]:
+        snaps = Table(title="snapshots", title_justify="left")
+        for col in ("version", "iteration", "state", "size", "digest", "created"):
+            snaps.add_column(col)
+        for s in info["snapshots"]:
+            snaps.add_row(str(s["version"]), "" if s["iteration"] is None else str(s["iteration"]),
+                          s["state"], "" if s["size"] is None else str(s["size"]),
+                          (s["digest"] or "")[:16], s["created"] or "")
+        console.print(snaps)
+
+
+@models.command("get")
+@click.argument("model_id")
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Copy the weights into this folder (default: print the cached path).")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="An older snapshot.")
+@click.option("--force", is_flag=True, help="Download again even if cached.")
+@click.pass_context
+@_errors
+def models_get(ctx: click.Context, model_id: str, dest: str | None, version: int | None,
+               force: bool) -> None:
+    """Download a model's weights; prints the local path."""
+    model = _model(ctx, model_id)
+    path = model.get_local_copy(raise_on_error=True, force_download=force, version=version)
+    if path is None:
+        raise CliError(f"model {model_id} has no weights to download")
+    if dest:
+        os.makedirs(dest, exist_ok=True)
+        target = os.path.join(dest, os.path.basename(path.rstrip(os.sep)))
+        if os.path.isdir(path):
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(path, target)
+        path = target
+    click.echo(path)
+
+
+@models.command("publish")
+@click.argument("model_id")
+@click.pass_context
+@_errors
+def models_publish(ctx: click.Context, model_id: str) -> None:
+    """Publish a model (a no-op if it already is)."""
+    from clearml_hooks.store import model_ops
+
+    changed = model_ops.publish(_store(ctx).catalog, model_id)
+    click.echo(f"{model_id} {'published' if changed else 'was already published'}")
+
+
+@models.command("archive")
+@click.argument("model_id")
+@click.option("--undo", is_flag=True, help="Unarchive instead.")
+@click.pass_context
+@_errors
+def models_archive(ctx: click.Context, model_id: str, undo: bool) -> None:
+    """Archive a model (hidden from queries unless asked for)."""
+    from clearml_hooks.store import model_ops
+
+    changed = model_ops.set_archived(_store(ctx).catalog, model_id, not undo)
+    word = "unarchived" if undo else "archived"
+    click.echo(f"{model_id} {word}" if changed else f"{model_id} was already {word}")
+
+
+@models.command("tag", context_settings={"ignore_unknown_options": True})
+@click.argument("model_id")
+@click.argument("changes", nargs=-1, type=click.UNPROCESSED)
+@click.option("--json", "as_json", is_flag=True, help="Print the resulting tags as JSON.")
+@click.pass_context
+@_errors
+def models_tag(ctx: click.Context, model_id: str, changes: tuple[str, ...], as_json: bool) -> None:
+    """Add (+tag or tag) and remove (-tag) tags: models tag ID +best -draft."""
+    from clearml_hooks.store import model_ops
+
+    if not changes:
+        raise CliError("give tags to add (+tag) or remove (-tag)")
+    add, remove = [], []
+    for change in changes:
+        if change.startswith("-"):
+            remove.append(change[1:])
+        else:
+            add.append(change[1:] if change.startswith("+") else change)
+    tags = model_ops.edit_tags(_store(ctx).catalog, model_id, add=add, remove=remove)
+    if as_json:
+        _echo_json(tags)
+    else:
+        click.echo(f"{model_id} tags: {', '.join(tags) if tags else '(none)'}")
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+
+@cli.group()
+def tasks() -> None:
+    """List tasks."""
+
+
+@tasks.command("list")
+@click.option("--project", default=None, help="Only this project.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N tasks.")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+@click.pass_context
+@_errors
+def tasks_list(ctx: click.Context, project: str | None, limit: int | None, as_json: bool) -> None:
+    """Tasks, newest first, with how many models each wrote and read."""
+    from sqlalchemy import func, select
+
+    from clearml_hooks.store import schema as s
+
+    store = _store(ctx)
+    rows = store.catalog.list_tasks(project=project, limit=limit)
+    counts: dict[tuple[str, str], int] = {}
+    if rows:
+        with store.catalog.read() as conn:
+            for task_id, direction, n in conn.execute(
+                    select(s.task_models.c.task_id, s.task_models.c.direction, func.count())
+                    .where(s.task_models.c.task_id.in_([r["id"] for r in rows]))
+                    .group_by(s.task_models.c.task_id, s.task_models.c.direction)):
+                counts[(task_id, direction)] = n
+    out = [{"id": r["id"], "project": r["project"], "name": r["name"], "type": r["task_type"],
+            "status": r["status"], "created": _iso(r["created"]), "updated": _iso(r["updated"]),
+            "output_models": counts.get((r["id"], "output"), 0),
+            "input_models": counts.get((r["id"], "input"), 0)} for r in rows]
+    if as_json:
+        _echo_json(out)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(out)} task(s)", title_justify="left")
+    for col in ("id", "project", "name", "status", "outputs", "inputs", "created"):
+        table.add_column(col, no_wrap=col in ("id", "created"))
+    for t, r in zip(out, rows, strict=True):
+        table.add_row(t["id"], t["project"], t["name"], t["status"], str(t["output_models"]),
+                      str(t["input_models"]), _when(r["created"]))
+    _console().print(table)
+
+
+# -- sync -------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--force", is_flag=True,
+              help="Also finish snapshots whose process still looks alive.")
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+@click.pass_context
+@_errors
+def sync(ctx: click.Context, force: bool, as_json: bool) -> None:
+    """Finish pending snapshots (from crashed, killed or offline runs) and print what was finished.
+
+    Same rules as Pipeline.recover: snapshots of dead processes, and with --force all of them.
+    """
+    from clearml_hooks.store.pipeline import OWNER, Pipeline, owner_alive
+
+    store = _store(ctx)
+    catalog = store.catalog
+    pipeline = Pipeline(store)
+    todo = [snap for snap in catalog.pending_snapshots()
+            if snap["owner"] != OWNER and (force or not owner_alive(snap["owner"]))]
+    skipped = len(catalog.pending_snapshots()) - len(todo)
+    finished, failed = [], []
+
+    def run(snap: dict) -> None:
+        if not catalog.claim_snapshot(snap["id"], snap["owner"], OWNER):
+            return  # another process took it
+        try:
+            ok = pipeline.finish_snapshot(snap["id"])
+        except Exception as exc:
+            catalog.fail_snapshot(snap["id"], f"{type(exc).__name__}: {exc}")
+            ok = False
+        model = catalog.get_model(snap["model_id"]) or {}
+        item = {"snapshot": snap["id"], "model": snap["model_id"], "name": model.get("name"),
+                "version": snap["version"]}
+        if not ok:
+            after = catalog.snapshot(snap["id"]) or {}
+            item["error"] = after.get("error")
+        (finished if ok else failed).append(item)
+
+    show_progress = not as_json and sys.stderr.isatty() and todo
+    if show_progress:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            bar = progress.add_task("storing pending snapshots", total=len(todo))
+            for snap in todo:
+                run(snap)
+                progress.advance(bar)
+    else:
+        for snap in todo:
+            run(snap)
+    if as_json:
+        _echo_json({"finished": finished, "failed": failed, "skipped_alive": skipped})
+    else:
+        for item in finished:
+            click.echo(f"stored {item['name']} v{item['version']} (model {item['model']}, "
+                       f"snapshot {item['snapshot']})")
+        for item in failed:
+            click.echo(f"failed {item['name']} v{item['version']} (model {item['model']}): "
+                       f"{item['error']}", err=True)
+        click.echo(f"{len(finished)} snapshot(s) finished, {len(failed)} failed"
+                   + (f", {skipped} left to running processes (use --force)" if skipped else ""))
+    if failed:
+        ctx.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``clearml-hooks`` and ``python -m clearml_hooks``)."""
+    cli.main(args=argv, prog_name="clearml-hooks", obj={})
+
+
+if __name__ == "__main__":
+    main()

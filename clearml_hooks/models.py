@@ -724,7 +724,8 @@ class InputModel(Model):
     def connect(self, task: Task, name: str | None = None) -> None:
         """Record this model as an input of ``task``; the task takes its labels if it has none."""
         task.wait_registered()
-        self._store.catalog.link_model(task.id, self._id, "input", name=name or self.name)
+        # without a name the link keeps the one it has (lookups fall back to the model's name)
+        self._store.catalog.link_model(task.id, self._id, "input", name=name)
         if not task.get_labels_enumeration():
             labels = self.labels
             if labels:

@@ -8,7 +8,6 @@ case, the config file key is the name itself (TOML, ``~/.config/clearml-hooks/co
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_EXIT_TIMEOUT = 120.0
@@ -66,14 +65,22 @@ def lookup(name: str, file_values: dict[str, Any] | None = None, default: Any = 
     return default
 
 
-@dataclass
 class Settings:
-    home: str
-    catalog_url: str
-    blob_url: str
-    exit_timeout: float = DEFAULT_EXIT_TIMEOUT
-    offline: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Where the store lives and how capture behaves, resolved once per Task.init."""
+
+    def __init__(self, home: str, catalog_url: str, blob_url: str,
+                 exit_timeout: float = DEFAULT_EXIT_TIMEOUT, offline: bool = False,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.home = home
+        self.catalog_url = catalog_url
+        self.blob_url = blob_url
+        self.exit_timeout = exit_timeout
+        self.offline = offline
+        self.extra = extra or {}
+
+    def __repr__(self) -> str:
+        return (f"Settings(home={self.home!r}, catalog_url={self.catalog_url!r}, "
+                f"blob_url={self.blob_url!r}, offline={self.offline!r})")
 
     @classmethod
     def resolve(cls, output_uri: str | None = None, home: str | None = None) -> Settings:

@@ -8,28 +8,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 Side = Literal["save", "load"]
 LocationKind = Literal["file", "dir", "files"]
 
 
-@dataclass(frozen=True)
 class Call:
     """One call of a hooked function, as the binding's extractors see it.
 
     ``instance`` is the bound object for methods (``self``), else None. ``result`` is only set
-    after the call returned (for ``Target.locate``).
+    after the call returned (for ``Target.locate``). A plain slotted class: it is built on every
+    hooked call, and a frozen dataclass costs a microsecond more.
     """
 
-    args: tuple
-    kwargs: dict
-    instance: Any = None
-    result: Any = None
+    __slots__ = ("args", "kwargs", "instance", "result")
+
+    def __init__(self, args: tuple, kwargs: dict, instance: Any = None, result: Any = None) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.instance = instance
+        self.result = result
 
 
-@dataclass(frozen=True)
 class Location:
     """What a save wrote (or a load read): one file, a directory, or an explicit file list.
 
@@ -37,18 +38,31 @@ class Location:
     ``ckpt-1.data-00000-of-00001``); ``path`` is then the prefix that names the model.
     """
 
-    path: str
-    kind: LocationKind = "file"
-    files: tuple[str, ...] = ()
-    iteration: int | None = None
-    framework: str | None = None
+    __slots__ = ("path", "kind", "files", "iteration", "framework")
+
+    def __init__(self, path: str, kind: LocationKind = "file", files: tuple[str, ...] = (),
+                 iteration: int | None = None, framework: str | None = None) -> None:
+        self.path = path
+        self.kind = kind
+        self.files = tuple(files)
+        self.iteration = iteration
+        self.framework = framework
+
+    def __repr__(self) -> str:
+        return (f"Location(path={self.path!r}, kind={self.kind!r}, files={self.files!r}, "
+                f"iteration={self.iteration!r}, framework={self.framework!r})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 PathExtractor = Callable[[Call], Any]
 Locator = Callable[[Call, str], "Location | None"]
 
 
-@dataclass(frozen=True)
 class Target:
     """One function to hook.
 
@@ -61,14 +75,26 @@ class Target:
     function of the call (joblib: the framework of the dumped object).
     """
 
-    module: str
-    qualname: str
-    side: Side
-    path: PathExtractor
-    locate: Locator | None = None
-    aliases: tuple[str, ...] = ()
-    framework: str | Callable[[Call], str | None] | None = None
-    filter_keys: tuple[str, ...] | None = None
+    __slots__ = ("module", "qualname", "side", "path", "locate", "aliases", "framework",
+                 "filter_keys")
+
+    def __init__(self, module: str, qualname: str, side: Side, path: PathExtractor,
+                 locate: Locator | None = None, aliases: tuple[str, ...] = (),
+                 framework: str | Callable[[Call], str | None] | None = None,
+                 filter_keys: tuple[str, ...] | None = None) -> None:
+        if side not in ("save", "load"):
+            raise ValueError(f"Target side must be 'save' or 'load', got {side!r}")
+        self.module = module
+        self.qualname = qualname
+        self.side = side
+        self.path = path
+        self.locate = locate
+        self.aliases = tuple(aliases)
+        self.framework = framework
+        self.filter_keys = tuple(filter_keys) if filter_keys else None
+
+    def __repr__(self) -> str:
+        return f"Target({self.spelling!r}, {self.side!r})"
 
     @property
     def spelling(self) -> str:
@@ -138,11 +164,11 @@ def file_or_directory(call: Call, pre_path: str) -> Location | None:
     return Location(path=pre_path, kind="dir" if os.path.isdir(pre_path) else "file")
 
 
-@dataclass
 class PrefixFiles:
     """Locate every file whose name starts with the prefix (``ckpt-3.index``, ``ckpt-3.data-…``)."""
 
-    suffixes: tuple[str, ...] = field(default=())
+    def __init__(self, suffixes: tuple[str, ...] = ()) -> None:
+        self.suffixes = tuple(suffixes)
 
     def __call__(self, call: Call, pre_path: str) -> Location | None:
         prefix = pre_path

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 
 PathFilter = Callable[[str], bool]
+_SEP = os.sep
 
 
 def _always(path: str) -> bool:
@@ -35,7 +36,7 @@ def compile_filter(patterns: Iterable[str] | None) -> PathFilter:
     )
     if name_re and not tail_re:
         def match(path: str) -> bool:
-            return name_re(os.path.basename(path)) is not None
+            return name_re(path[path.rfind(_SEP) + 1:]) is not None
     elif tail_re and not name_re:
         def match(path: str) -> bool:
             return tail_re(os.path.abspath(path).replace(os.sep, "/")) is not None

@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clearml_hooks.hooks import contract, process
@@ -157,12 +156,13 @@ def wrapper_class():
     return _wrapper_class
 
 
-@dataclass
 class Patch:
-    owner: Any
-    attribute: str
-    original: Any
-    wrapper: Any
+    """One attribute we replaced, and what to put back."""
+
+    __slots__ = ("owner", "attribute", "original", "wrapper")
+
+    def __init__(self, owner: Any, attribute: str, original: Any, wrapper: Any) -> None:
+        self.owner, self.attribute, self.original, self.wrapper = owner, attribute, original, wrapper
 
 
 def _resolve(module: Any, qualname: str) -> tuple[Any, str]:

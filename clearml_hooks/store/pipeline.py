@@ -10,17 +10,13 @@ next process that opens the store (``recover``) or by ``clearml-hooks sync``.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import queue
-import shutil
-import socket
 import stat
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.hooks import contract
@@ -44,7 +40,7 @@ def _process_start() -> str:
         return str(int(time.time()))
 
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
 OWNER = f"{HOST}:{os.getpid()}:{_process_start()}"
 
 
@@ -110,6 +106,8 @@ def protect(src: str, dst: str) -> str:
             raise
     if _reflink(src, dst):
         return "reflink"
+    import shutil
+
     shutil.copyfile(src, dst)
     return "copy"
 
@@ -132,6 +130,8 @@ def location_files(location: Location) -> list[tuple[str, str]]:
 
 def hash_and_copy(src: str, dst_tmp: str | None) -> tuple[str, int]:
     """One read pass: sha256 of ``src``, copying it to ``dst_tmp`` on the way if given."""
+    import hashlib
+
     h = hashlib.sha256()
     size = 0
     buf = bytearray(CHUNK)
@@ -154,6 +154,8 @@ def hash_and_copy(src: str, dst_tmp: str | None) -> tuple[str, int]:
 
 
 def manifest_digest(files: list[tuple[str, str, int]]) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     for rel, sha, size in sorted(files):
         h.update(f"{rel}\0{sha}\0{size}\n".encode())
@@ -164,14 +166,15 @@ class Recover:
     """Job: finish the snapshots that a dead process left pending."""
 
 
-@dataclass
 class _Load:
-    task_id: str
-    path: str
-    kind: str
-    files: tuple[str, ...]
-    framework: str
-    name: str
+    """Job: resolve which model a loaded file came from."""
+
+    __slots__ = ("task_id", "path", "kind", "files", "framework", "name")
+
+    def __init__(self, task_id: str, path: str, kind: str, files: tuple[str, ...],
+                 framework: str, name: str) -> None:
+        self.task_id, self.path, self.kind = task_id, path, kind
+        self.files, self.framework, self.name = files, framework, name
 
 
 class Pipeline:
@@ -269,6 +272,8 @@ class Pipeline:
             uri = blobs.url_for(digest) + "?manifest"
         catalog.complete_snapshot(snapshot_id, files=stored, digest=digest,
                                   size=sum(s for _, _, s in stored), uri=uri)
+        import shutil
+
         shutil.rmtree(staging, ignore_errors=True)
         return True
 

@@ -63,3 +63,45 @@ def run_script(script: str | Path, *args: str, env: dict | None = None, cwd: Pat
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(script), *args], env=full_env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A throwaway PostgreSQL on 127.0.0.1 for the whole session."""
+    from tests.servers import start_postgres
+
+    server = start_postgres(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A throwaway S3-compatible server (SeaweedFS) on 127.0.0.1 for the whole session."""
+    from tests.servers import start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def team_store(pg_server, s3_server, monkeypatch, tmp_path):
+    """Point the agent at PostgreSQL + S3 (a fresh database and bucket per test)."""
+    import uuid
+
+    import psycopg
+
+    name = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    bucket = "b" + uuid.uuid4().hex[:12]
+    s3_server.make_bucket(bucket)
+    url = pg_server.url.rsplit("/", 1)[0] + "/" + name
+    monkeypatch.setenv("CLEARML_HOOKS_CATALOG_URL", url)
+    monkeypatch.setenv("CLEARML_HOOKS_BLOB_URL", f"s3://{bucket}/models")
+    monkeypatch.setenv("CLEARML_HOOKS_S3_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(tmp_path / "local"))
+    return {"catalog_url": url, "bucket": bucket}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -115,12 +116,12 @@ snapshots = Table(
     Column("state", String(16), nullable=False, default="pending"),
     Column("kind", String(8), nullable=False, default="file"),
     Column("source_path", Text, nullable=True),
-    Column("source_size", Integer, nullable=True),
-    Column("source_mtime_ns", Integer, nullable=True),
+    Column("source_size", BigInteger, nullable=True),
+    Column("source_mtime_ns", BigInteger, nullable=True),
     Column("staging", Text, nullable=True),
     Column("owner", String(255), nullable=True),
     Column("digest", String(64), nullable=True),
-    Column("size", Integer, nullable=True),
+    Column("size", BigInteger, nullable=True),
     Column("error", Text, nullable=True),
     Column("created", Float, nullable=False),
     Column("completed", Float, nullable=True),
@@ -137,7 +138,7 @@ snapshot_files = Table(
            primary_key=True),
     Column("relpath", Text, primary_key=True),
     Column("sha256", String(64), nullable=True),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Index("ix_snapshot_files_sha", "sha256"),
 )
 

@@ -1,0 +1,60 @@
+"""The same agent on a team store: PostgreSQL catalog + S3-compatible blobs (real servers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+from clearml_hooks import Task
+from tests.conftest import REPO
+
+
+def test_capture_into_postgres_and_s3(team_store, tmp_path):
+    with Task.init(project_name="team", task_name="train") as task:
+        assert task.store.catalog.engine.dialect.name == "postgresql"
+        for step in range(2):
+            torch.save({"w": torch.full((1000,), float(step))}, tmp_path / "model.pt")
+        expected = (tmp_path / "model.pt").read_bytes()
+        task.flush(wait_for_uploads=True)
+        (model,) = task.models["output"]
+        assert model.url.startswith(f"s3://{team_store['bucket']}/models/")
+        assert [s["state"] for s in model.snapshots] == ["ready", "ready"]
+        assert Path(model.get_local_copy()).read_bytes() == expected
+        import s3fs
+
+        fs = s3fs.S3FileSystem(key=os.environ["AWS_ACCESS_KEY_ID"],
+                               secret=os.environ["AWS_SECRET_ACCESS_KEY"],
+                               client_kwargs={"endpoint_url": os.environ["CLEARML_HOOKS_S3_ENDPOINT_URL"]})
+        assert len(fs.find(f"{team_store['bucket']}/models")) == 2  # two distinct contents
+
+
+def test_lineage_across_processes_on_the_team_store(team_store, tmp_path):
+    script = tmp_path / "step.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        from clearml_hooks import Task
+        task = Task.init(project_name="team", task_name=sys.argv[1])
+        if sys.argv[1] == "train":
+            torch.save({{"w": torch.ones(10)}}, {str(tmp_path / 'shared.pt')!r})
+        else:
+            torch.load({str(tmp_path / 'shared.pt')!r})
+        task.close()
+    """))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for step in ("train", "evaluate"):
+        out = subprocess.run([sys.executable, str(script), step], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+    from clearml_hooks.config import Settings
+    from clearml_hooks.store import Store
+
+    catalog = Store(Settings.resolve(), background=False).catalog
+    tasks = {t["name"]: t for t in catalog.list_tasks(project="team")}
+    produced = [r for r in catalog.task_models(tasks["train"]["id"]) if r["direction"] == "output"]
+    consumed = [r for r in catalog.task_models(tasks["evaluate"]["id"]) if r["direction"] == "input"]
+    assert [r["model_id"] for r in consumed] == [r["model_id"] for r in produced]

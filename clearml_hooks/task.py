@@ -301,12 +301,17 @@ def _drain(task: Task, timeout: float) -> None:
     start = time.monotonic()
     try:
         task.wait_registered(timeout)
-        if not task.capturer.flush(timeout):
-            left = task.capturer.pipeline.outstanding()
+        task.capturer.flush(timeout)
+        if not task.capturer.stats.get("saves"):
+            return
+        from clearml_hooks.store.pipeline import OWNER
+
+        left = [snap for snap in task.store.catalog.pending_snapshots() if snap["owner"] == OWNER]
+        if left:
             log.warning(
                 "clearml-hooks: %d snapshot(s) of task %s are still pending after %.0f s; they "
                 "are journaled and will be finished by the next run or `clearml-hooks sync`",
-                left, task.id, time.monotonic() - start)
+                len(left), task.id, time.monotonic() - start)
     except Exception as exc:
         log.warning("clearml-hooks: could not finish pending snapshots: %s", exc)
 

@@ -86,6 +86,7 @@ models = Table(
     Index("ix_models_updated", "updated"),
     Index("ix_models_project_name", "project_id", "name"),
     Index("ix_models_uri", "uri"),
+    Index("ix_models_name", "name"),
 )
 
 model_tags = Table(

@@ -256,3 +256,22 @@ def test_torch_distributed_rank_is_respected(tmp_path):
     assert out.returncode == 0, out.stderr
     names = sorted(s["source_path"].rsplit("/", 1)[1] for s in _snapshots(_open(store)))
     assert names == ["rank0.pt"]
+
+
+def test_file_on_another_filesystem_is_still_not_copied_in_the_training_thread(task):
+    import tempfile
+
+    task.wait_registered()
+    if os.stat("/dev/shm").st_dev == os.stat(task.store.home).st_dev:
+        pytest.fail("this test needs /dev/shm on another filesystem than the store")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        path = Path(other) / "m.pt"
+        torch.save({"w": torch.arange(1000.0)}, path)
+        first = path.read_bytes()
+        torch.save({"w": torch.zeros(1000)}, path)
+        assert task.capture_stats.get("protected_by_copy", 0) == 0
+        task.flush(wait_for_uploads=True)
+        (model,) = task.models["output"]
+        assert Path(model.get_local_copy(version=1)).read_bytes() == first
+        assert Path(model.get_local_copy(version=2)).read_bytes() == path.read_bytes()
+        assert os.listdir(other) == ["m.pt"]  # the hidden staging folders are gone

@@ -350,6 +350,7 @@ class Capturer:
         self._seen_loads: set[tuple] = set()
         self._lock = threading.Lock()
         self.registered = threading.Event()  # set once the task row exists in the catalog
+        self._device: int | None = None
 
     # -- CaptureSink ----------------------------------------------------------------------------
 
@@ -391,7 +392,7 @@ class Capturer:
             return
         source = os.path.abspath(location.path)
         token = os.urandom(16).hex()
-        staging = os.path.join(self.store.staging_root, token)
+        staging = self._staging_for(files[0][0], token)
         journal_files = []
         linked = []
         for full, rel in files:
@@ -419,6 +420,29 @@ class Capturer:
         self.stats["saves"] += 1
         if not self.offline:
             self.pipeline.submit(snapshot_id)
+
+    def _staging_for(self, first_file: str, token: str) -> str:
+        """A staging folder on the same filesystem as the saved file, so a hard link works.
+
+        Normally ``<home>/staging``; for a file on another filesystem, a hidden folder beside it
+        (removed once the snapshot is stored) rather than a full copy in the training thread.
+        """
+        home = os.path.join(self.store.staging_root, token)
+        try:
+            if os.stat(first_file).st_dev == self._staging_device():
+                return home
+            folder = os.path.dirname(first_file)
+            if os.access(folder, os.W_OK):
+                return os.path.join(folder, f".clearml-hooks-staging-{token}")
+        except OSError:
+            pass
+        return home
+
+    def _staging_device(self) -> int:
+        if self._device is None:
+            os.makedirs(self.store.staging_root, exist_ok=True)
+            self._device = os.stat(self.store.staging_root).st_dev
+        return self._device
 
     def loaded(self, hook: Hook | None, location: Location, framework: str) -> None:
         path = os.path.abspath(location.path)

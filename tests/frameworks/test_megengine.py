@@ -1,0 +1,261 @@
+"""MegEngine: ``megengine.save`` / ``megengine.load`` and ``trace.dump`` captured end to end.
+
+Runs with the real MegEngine 1.13 (wheels only up to Python 3.10). HOME is a temp folder
+(conftest): MegEngine writes caches there.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import megengine
+import megengine.functional as F
+import megengine.hub.hub
+import megengine.module as M
+import megengine.optimizer as optim
+import megengine.serialization
+import numpy as np
+import pytest
+from megengine.autodiff import GradManager
+from megengine.jit import trace
+
+from clearml_hooks import Model, Task
+from clearml_hooks.config import Settings
+from clearml_hooks.store import store_for
+from tests.conftest import run_script
+
+REPO = Path(__file__).resolve().parents[2]
+ORIGINAL_SAVE, ORIGINAL_LOAD = megengine.serialization.save, megengine.serialization.load
+ORIGINAL_DUMP = trace.__dict__["dump"]
+
+
+def make_net() -> M.Module:
+    return M.Sequential(M.Linear(8, 16), M.ReLU(), M.Linear(16, 1))
+
+
+def start(tmp_path: Path, frameworks=True) -> Task:
+    task = Task.init(project_name="megengine", task_name="test",
+                     output_uri=str(tmp_path / "store"), auto_connect_frameworks=frameworks)
+    task.wait_registered()
+    return task
+
+
+def outputs(task: Task) -> list[Model]:
+    assert task.flush(wait_for_uploads=True)
+    return list(task.models["output"])
+
+
+def inputs(task: Task) -> list[Model]:
+    assert task.flush(wait_for_uploads=True)
+    return list(task.models["input"])
+
+
+def stored_bytes(model: Model) -> bytes:
+    return Path(model.get_local_copy(raise_on_error=True)).read_bytes()
+
+
+def assert_one_output(task: Task, path: Path) -> Model:
+    out = outputs(task)
+    assert [m.name for m in out] == [path.name]  # captured exactly once
+    m = out[0]
+    assert m.framework == "MegEngine"
+    assert m.source == str(path)
+    assert m.url and m.url.startswith("file://")
+    assert stored_bytes(m) == path.read_bytes()
+    return m
+
+
+def same_weights(a: M.Module, b: M.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(np.array_equal(np.asarray(sa[k]), np.asarray(sb[k]))
+                                          for k in sa)
+
+
+# -- save side ----------------------------------------------------------------------------------
+
+
+def test_save_state_dict_to_str_path(tmp_path):
+    task = start(tmp_path)
+    path = tmp_path / "model.pkl"
+    assert megengine.save(make_net().state_dict(), str(path)) is None  # MegEngine's own return
+    assert_one_output(task, path)
+    assert task.capture_stats["agent_errors"] == 0
+
+
+def test_save_whole_module_to_named_file_object(tmp_path):
+    task = start(tmp_path)
+    path = tmp_path / "net.mge.pkl"
+    net = make_net()
+    with open(path, "wb") as f:
+        megengine.save(net, f)
+    assert_one_output(task, path)
+    assert same_weights(megengine.load(str(path)), net)
+
+
+def test_pathlib_path_is_megengine_s_own_error(tmp_path):
+    """MegEngine takes a str or a file object only: a Path fails inside MegEngine, untouched."""
+    task = start(tmp_path)
+    with pytest.raises(AssertionError, match="does not support write"):
+        megengine.save(make_net().state_dict(), tmp_path / "model.pkl")
+    assert outputs(task) == []
+    assert task.capture_stats["agent_errors"] == 0
+
+
+def test_unnamed_stream_is_not_captured(tmp_path):
+    task = start(tmp_path)
+    buf = io.BytesIO()
+    megengine.save(make_net().state_dict(), buf)
+    assert buf.getvalue()
+    assert outputs(task) == []
+    assert task.capture_stats.get("skipped_stream") == 1
+
+
+def test_each_save_of_a_path_is_a_snapshot(tmp_path):
+    task = start(tmp_path)
+    path = tmp_path / "checkpoint.pkl"
+    net = make_net()
+    for step in range(3):
+        task.set_last_iteration(step)
+        megengine.save({"step": step, "state": net.state_dict()}, str(path))
+    [m] = outputs(task)
+    assert [s["iteration"] for s in m.snapshots] == [0, 1, 2]
+    assert stored_bytes(m) == path.read_bytes()
+
+
+def test_traced_graph_dump_is_captured(tmp_path):
+    task = start(tmp_path)
+    net = make_net()
+
+    @trace(symbolic=True, capture_as_const=True)
+    def infer(x, *, net):
+        return net(x)
+
+    infer(megengine.tensor(np.zeros((2, 8), "float32")), net=net)
+    path = tmp_path / "deploy.mge"
+    infer.dump(str(path), arg_names=["x"])
+    assert_one_output(task, path)
+
+
+# -- load side ----------------------------------------------------------------------------------
+
+
+def test_load_registers_an_input_model(tmp_path):
+    path = tmp_path / "pretrained.pkl"
+    net = make_net()
+    megengine.save(net.state_dict(), str(path))  # before any task: an unknown file
+    task = start(tmp_path)
+    state = megengine.load(str(path))
+    fresh = make_net()
+    fresh.load_state_dict(state)
+    assert same_weights(fresh, net)  # the loaded object is MegEngine's, untouched
+    [inp] = inputs(task)
+    assert inp.framework == "MegEngine"
+    assert inp.name == "pretrained.pkl"
+    assert outputs(task) == []
+
+
+def test_load_from_named_file_object_links_the_saved_model(tmp_path):
+    task = start(tmp_path)
+    path = tmp_path / "model.pkl"
+    megengine.save(make_net().state_dict(), str(path))
+    with open(path, "rb") as f:
+        megengine.load(f)
+    [out] = outputs(task)
+    [inp] = inputs(task)
+    assert inp == out
+
+
+def test_hub_loader_alias_is_hooked(tmp_path):
+    """``megengine.hub`` loads downloaded weights through its own name for ``load``."""
+    path = tmp_path / "hub-weights.pkl"
+    megengine.save(make_net().state_dict(), str(path))
+    task = start(tmp_path)
+    assert megengine.hub.hub._mge_load_serialized is megengine.load
+    megengine.hub.hub._mge_load_serialized(str(path))
+    assert [m.name for m in inputs(task)] == ["hub-weights.pkl"]
+
+
+# -- filters and patching -----------------------------------------------------------------------
+
+
+def test_wildcard_filter(tmp_path):
+    task = start(tmp_path, {"megengine": "final*.pkl"})
+    state = make_net().state_dict()
+    megengine.save(state, str(tmp_path / "checkpoint.pkl"))
+    megengine.save(state, str(tmp_path / "final.pkl"))
+    megengine.load(str(tmp_path / "checkpoint.pkl"))
+    assert [m.name for m in outputs(task)] == ["final.pkl"]
+    assert inputs(task) == []
+
+
+def test_disabled(tmp_path):
+    task = start(tmp_path, {"megengine": False})
+    megengine.save(make_net().state_dict(), str(tmp_path / "model.pkl"))
+    assert outputs(task) == []
+    assert megengine.save is ORIGINAL_SAVE  # a disabled binding patches nothing
+
+
+def test_aliases_share_one_wrapper_and_are_restored(tmp_path):
+    task = start(tmp_path)
+    assert megengine.save is megengine.serialization.save is not ORIGINAL_SAVE
+    assert megengine.load is megengine.serialization.load is not ORIGINAL_LOAD
+    assert megengine.hub.hub._mge_load_serialized is megengine.load
+    assert trace.__dict__["dump"] is not ORIGINAL_DUMP
+    assert pickle.loads(pickle.dumps(megengine.save)) is megengine.save
+    task.close()
+    assert megengine.save is megengine.serialization.save is ORIGINAL_SAVE
+    assert megengine.load is megengine.serialization.load is ORIGINAL_LOAD
+    assert megengine.hub.hub._mge_load_serialized is ORIGINAL_LOAD
+    assert trace.__dict__["dump"] is ORIGINAL_DUMP
+
+
+def test_training_step_with_hooks_on_trains(tmp_path):
+    """The hooks leave MegEngine's autodiff and optimizer alone."""
+    start(tmp_path)
+    net = make_net()
+    opt = optim.SGD(net.parameters(), lr=0.05)
+    gm = GradManager().attach(net.parameters())
+    x = megengine.tensor(np.random.default_rng(0).normal(size=(32, 8)).astype("float32"))
+    y = F.sum(x, axis=1, keepdims=True)
+    losses = []
+    for _ in range(5):
+        with gm:
+            loss = F.nn.square_loss(net(x), y)
+            gm.backward(loss)
+        opt.step().clear_grad()
+        losses.append(float(loss.numpy()))
+    assert losses[-1] < losses[0]
+
+
+# -- the training script ------------------------------------------------------------------------
+
+
+def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
+    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
+    [task_row] = store.catalog.list_tasks(project=project)
+    models = {}
+    for link in store.catalog.task_models(task_row["id"]):
+        model = Model(link["model_id"], store=store)
+        models[link["direction"], model.name] = model
+    return models
+
+
+def test_training_script_end_to_end(tmp_path):
+    store, out = tmp_path / "e2e-store", tmp_path / "run"
+    proc = run_script(REPO / "frameworks" / "megengine" / "train.py", str(out),
+                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "loss" in proc.stdout
+
+    models = script_models(store, "frameworks")
+    assert set(models) == {("output", "checkpoint.pkl"), ("output", "final.pkl"),
+                           ("output", "deploy.mge"), ("input", "final.pkl")}
+    ckpt, final = models["output", "checkpoint.pkl"], models["output", "final.pkl"]
+    assert [s["iteration"] for s in ckpt.snapshots] == [1, 2, 3]
+    assert all(s["state"] == "ready" for s in ckpt.snapshots)
+    assert {m.framework for m in models.values()} == {"MegEngine"}
+    for name in ("checkpoint.pkl", "final.pkl", "deploy.mge"):
+        assert stored_bytes(models["output", name]) == (out / name).read_bytes()
+    assert models["input", "final.pkl"] == final  # lineage: the loaded file is the saved model

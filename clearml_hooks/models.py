@@ -775,6 +775,7 @@ class OutputModel(Model):
         self._upload_url: str | None = None
         task.wait_registered()
         catalog = task.store.catalog
+        task_row = catalog.get_task(task.id) or {}
         if base_model_id:
             model_ops.get_row(catalog, base_model_id)
             values: dict[str, Any] = {"task_id": task.id}
@@ -795,9 +796,9 @@ class OutputModel(Model):
             catalog.link_model(task.id, base_model_id, "output")
         else:
             if labels is None:
-                labels = task.get_labels_enumeration() or {}
+                labels = json.loads(task_row.get("labels") or "{}")
             self._id = model_ops.create_model(
-                catalog, name=name or task.name, project_id=_task_project_id(task),
+                catalog, name=name or task.name, project_id=task_row.get("project_id"),
                 task_id=task.id, origin="manual", framework=canonical_framework(framework),
                 comment=comment or "", tags=tags or [], labels=labels, config_text=text,
                 config_dict=json.loads(cdict) if cdict else None,
@@ -939,10 +940,7 @@ class OutputModel(Model):
         if (weights_filename is None) == (register_uri is None):
             raise ValueError("update_weights needs exactly one of weights_filename (a local file "
                              "to store) or register_uri (weights already stored elsewhere)")
-        if self.published:
-            from clearml_hooks.store.model_ops import ModelPublished
-
-            raise ModelPublished(f"model {self._id} is published: its weights cannot be updated")
+        # a published model is refused inside the journal transaction (no extra round trip)
         if iteration is None:
             iteration = self._task.capturer.iteration
         elif not isinstance(iteration, int) or isinstance(iteration, bool):
@@ -1025,7 +1023,10 @@ class OutputModel(Model):
             if not files:
                 raise ValueError(f"no files to store in {root}")
             source = os.path.join(root or "", name) if name else root
-        staging = os.path.join(self._store.staging_root, os.urandom(16).hex())
+        token = os.urandom(16).hex()
+        staging_for = getattr(self._task.capturer, "_staging_for", None)  # same filesystem
+        staging = (staging_for(files[0][0], token) if staging_for
+                   else os.path.join(self._store.staging_root, token))
         journal: list[tuple[str, int]] = []
         linked = []
         try:
@@ -1037,14 +1038,13 @@ class OutputModel(Model):
                 if how == "link":
                     linked.append((st.st_dev, st.st_ino))
             src_stat = os.stat(paths[0]) if kind == "file" else None
-            framework = None if self.framework else _guess_framework(files[0][1] if kind == "file"
-                                                                     else None)
             snapshot_id = model_ops.journal_weights(
                 self._catalog, self._id, kind=kind, staging=staging, files=journal,
                 iteration=iteration, owner=OWNER, source_path=source,
                 source_size=src_stat.st_size if src_stat else None,
                 source_mtime_ns=src_stat.st_mtime_ns if src_stat else None,
-                framework=framework, is_package=is_package)
+                framework_guess=_guess_framework(files[0][1]) if kind == "file" else None,
+                is_package=is_package)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # nothing journaled: leave no trace
             raise
@@ -1073,16 +1073,13 @@ class OutputModel(Model):
         return self.url
 
 
-def _task_project_id(task: Task) -> str | None:
-    row = task.store.catalog.get_task(task.id)
-    return row["project_id"] if row else None
-
-
 def _parent_input(task: Task, name: str | None) -> str | None:
     """The task's input model this output was trained from: same name, or the only input."""
-    inputs = [r for r in task.store.catalog.task_models(task.id) if r["direction"] == "input"]
+    from clearml_hooks.store import model_ops
+
+    inputs = model_ops.task_inputs(task.store.catalog, task.id)
     if name:
-        for r in inputs:
-            if r["link_name"] == name:
-                return r["model_id"]
-    return inputs[0]["model_id"] if len(inputs) == 1 else None
+        for model_id, link_name in inputs:
+            if link_name == name:
+                return model_id
+    return inputs[0][0] if len(inputs) == 1 else None

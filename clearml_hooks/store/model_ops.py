@@ -504,9 +504,12 @@ def find_by_uri(catalog: SqlCatalog, uri: str, include_archived: bool = False) -
 def journal_weights(catalog: SqlCatalog, model_id: str, *, kind: str, staging: str,
                     files: Sequence[tuple[str, int]], iteration: int | None, owner: str,
                     source_path: str | None, source_size: int | None = None,
-                    source_mtime_ns: int | None = None, framework: str | None = None,
-                    comment: str | None = None, is_package: bool | None = None) -> str:
-    """A pending snapshot of an existing (unpublished) model; the pipeline finishes it."""
+                    source_mtime_ns: int | None = None, framework_guess: str | None = None,
+                    is_package: bool | None = None) -> str:
+    """A pending snapshot of an existing (unpublished) model; the pipeline finishes it.
+
+    ``framework_guess`` is set only when the model has no framework yet.
+    """
     t = now()
     with catalog.write() as conn:
         row = _require(conn, model_id)
@@ -523,14 +526,22 @@ def journal_weights(catalog: SqlCatalog, model_id: str, *, kind: str, staging: s
             conn.execute(s.snapshot_files.insert(), [
                 {"snapshot_id": snapshot_id, "relpath": rel, "size": size} for rel, size in files])
         values: dict[str, Any] = {"updated": t, "iteration": iteration}
-        if framework:
-            values["framework"] = framework
-        if comment is not None:
-            values["comment"] = comment
+        if framework_guess and not row["framework"]:
+            values["framework"] = framework_guess
+        if is_package is not None and bool(row["is_package"]) != is_package:
+            values["is_package"] = is_package
+            values["system_tags"] = json.dumps(_set_system_tag(conn, row, PACKAGE_TAG, is_package))
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(**values))
-        if is_package is not None:
-            set_package(conn, model_id, is_package)
         return snapshot_id
+
+
+def task_inputs(catalog: SqlCatalog, task_id: str) -> list[tuple[str, str | None]]:
+    """(model id, link name) of a task's input models, oldest first."""
+    with catalog.read() as conn:
+        return [(r[0], r[1]) for r in conn.execute(
+            select(s.task_models.c.model_id, s.task_models.c.name).where(
+                s.task_models.c.task_id == task_id, s.task_models.c.direction == "input")
+            .order_by(s.task_models.c.created))]
 
 
 def register_uri(catalog: SqlCatalog, model_id: str, uri: str, *, iteration: int | None,

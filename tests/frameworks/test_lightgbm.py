@@ -94,6 +94,9 @@ def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]
     for link in store.catalog.task_models(task_row["id"]):
         model = Model(link["model_id"], store=store)
         models[link["direction"], model.name] = model
+    # the registry's query API sees the same models (every load here is of a model it wrote)
+    queried = Model.query_models(project_name=project, store=store)
+    assert {m.id for m in queried} == {m.id for (d, _), m in models.items() if d == "output"}
     return models
 
 

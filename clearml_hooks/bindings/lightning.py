@@ -105,7 +105,7 @@ class LightningBinding(Binding):
     key = "lightning"
     framework = "PyTorch"
     distribution = ("lightning", "pytorch-lightning")
-    requirement = "lightning>=1.9"
+    requirement = "lightning>=2.0"
     filter_keys = ("lightning", "pytorch")
     targets = (*_targets("lightning.pytorch", "lightning.fabric"),
                *_targets("pytorch_lightning", "lightning_fabric"))

@@ -102,6 +102,13 @@ def checkpoint_read(call: Call, pre_path: str) -> Location | None:
     return _CHECKPOINT(call, pre_path)
 
 
+def saver_read(call: Call, pre_path: str) -> Location | None:
+    """Same files as ``Saver.save`` wrote (``.meta`` too), so the load links to that snapshot."""
+    if os.path.isfile(pre_path):
+        return Location(path=pre_path)
+    return _SAVER(call, pre_path)
+
+
 def checkpoint_restored(call: Call, pre_path: str) -> Location | None:
     """``restore_or_initialize`` returns the restored prefix, or None when it initialized."""
     prefix = _written_prefix(call, pre_path)
@@ -158,5 +165,5 @@ class TensorFlowBinding(Binding):
         Target("tensorflow.python.training.saver", "Saver.save", "save",
                user_call(arg("save_path", 1)), saver_written),
         Target("tensorflow.python.training.saver", "Saver.restore", "load",
-               user_call(arg("save_path", 1)), checkpoint_read),
+               user_call(arg("save_path", 1)), saver_read),
     )

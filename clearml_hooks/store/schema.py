@@ -153,4 +153,5 @@ task_models = Table(
     Column("snapshot_id", String(32), nullable=True),
     Column("created", Float, nullable=False),
     Index("ix_task_models_model", "model_id"),
+    Index("ix_task_models_task_direction", "task_id", "direction"),
 )

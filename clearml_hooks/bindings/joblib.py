@@ -11,10 +11,16 @@ its store backend, and ``Parallel`` memory-maps large arrays for its workers. Th
 from inside the joblib package (and scikit-learn's dataset cache from ``sklearn.datasets``), so
 a call whose direct caller lives there is not a model and is not captured. Looking at one or two
 frames costs well under a microsecond and does not depend on how a Memory location is named.
+
+A dump into a plain open file is captured (flushed when the call returns); a dump into a
+``gzip.open(...)`` (bz2, lzma) writer is not: its last bytes reach the disk only when the user
+closes it, after the call, and a snapshot then would be a truncated file.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from typing import Any
 
@@ -46,11 +52,24 @@ def _internal_call() -> bool:
     return module == "joblib" or module.startswith(_INTERNAL_CALLERS)
 
 
-def _user_path(extract):
+_PLAIN_FILES = (io.FileIO, io.BufferedWriter, io.BufferedRandom)
+
+
+def _complete_when_flushed(fileobj: Any) -> bool:
+    """A plain OS file holds every byte once flushed; a ``gzip.open`` / ``bz2`` / ``lzma`` writer
+    only once the user closes it (its last block and trailer), after the hooked call returned."""
+    inner = getattr(fileobj, "file", fileobj)  # tempfile.NamedTemporaryFile's wrapper
+    return isinstance(inner, _PLAIN_FILES)
+
+
+def _user_path(extract, *, writing: bool):
     def path(call: Call) -> Any:
         raw = extract(call)
         if raw is None or _internal_call():
             return None
+        if writing and not isinstance(raw, (str, bytes, os.PathLike)) and \
+                getattr(raw, "name", None) and not _complete_when_flushed(raw):
+            return None  # a named compressing writer: capturing now would store a truncated file
         return raw
 
     path.__qualname__ = f"user_path({extract.__qualname__})"
@@ -91,8 +110,8 @@ class JoblibBinding(Binding):
     requirement = "joblib>=1.0"
     filter_keys = ("joblib", "scikit")
     targets = (
-        Target("joblib.numpy_pickle", "dump", "save", _user_path(arg("filename", 1)),
+        Target("joblib.numpy_pickle", "dump", "save", _user_path(arg("filename", 1), writing=True),
                aliases=("joblib:dump",), framework=_dumped_framework),
-        Target("joblib.numpy_pickle", "load", "load", _user_path(arg("filename", 0)),
+        Target("joblib.numpy_pickle", "load", "load", _user_path(arg("filename", 0), writing=False),
                aliases=("joblib:load",), framework=_loaded_framework),
     )

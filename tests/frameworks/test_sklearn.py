@@ -6,9 +6,11 @@ internals ClearML hooks): the binding hooks only the public ``dump`` / ``load``.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import joblib
@@ -128,6 +130,26 @@ def test_dump_to_named_file_object(tmp_path, estimator):
     with open(path, "wb") as f:
         joblib.dump(estimator, f)
     assert_one_output(task, path)
+
+
+def test_dump_into_a_compressing_file_object_is_not_captured_truncated(tmp_path, estimator):
+    """``gzip.open`` writes its last block and trailer on close, after joblib.dump returned."""
+    task = start(tmp_path)
+    path = tmp_path / "model.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        joblib.dump(estimator, f)
+    assert outputs(task) == []
+    with gzip.open(path, "rb") as f:  # reading one is fine: the file is complete
+        np.testing.assert_array_equal(joblib.load(f).predict(X), estimator.predict(X))
+    [inp] = inputs(task)
+    assert inp.name == "model.pkl.gz"
+
+
+def test_dump_into_a_named_temporary_file(tmp_path, estimator):
+    task = start(tmp_path)
+    with tempfile.NamedTemporaryFile(dir=tmp_path, suffix=".joblib", delete=False) as f:
+        joblib.dump(estimator, f)
+    assert_one_output(task, Path(f.name))
 
 
 def test_dump_to_unnamed_stream_is_not_captured(tmp_path, estimator):

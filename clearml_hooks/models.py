@@ -411,8 +411,8 @@ class Model:
         folder = os.path.join(self._store.cache_dir, snap["digest"])
         uri = row["uri"] if row["latest_snapshot_id"] == snap_id else None
         if snap["kind"] == "file":
-            target = os.path.join(folder, base)
             f = snap["files"][0]
+            target = os.path.join(folder, os.path.basename(f["relpath"]) or base)
             _materialize(self._store, uri, f["sha256"], f["size"], target, force)
             return _package_view(self._store, target, row["is_package"], extract, force)
         root = os.path.join(folder, base)

@@ -275,3 +275,28 @@ def test_file_on_another_filesystem_is_still_not_copied_in_the_training_thread(t
         assert Path(model.get_local_copy(version=1)).read_bytes() == first
         assert Path(model.get_local_copy(version=2)).read_bytes() == path.read_bytes()
         assert os.listdir(other) == ["m.pt"]  # the hidden staging folders are gone
+
+
+def test_forked_child_captures_when_configured(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "fork.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, torch
+        from clearml_hooks import Task
+        task = Task.init(project_name="p", task_name="fork", output_uri={str(store)!r})
+        torch.save({{"parent": 1}}, {str(tmp_path / 'parent.pt')!r})
+        task.flush(wait_for_uploads=True)
+        pid = os.fork()
+        if pid == 0:
+            torch.save({{"child": 1}}, {str(tmp_path / 'child.pt')!r})
+            Task.current_task().flush(wait_for_uploads=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(sorted(m.name for m in task.models["output"]))
+    """))
+    out = run_script(script, env={"CLEARML_HOOKS_CAPTURE_IN_WORKERS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['child.pt', 'parent.pt']"
+    out = run_script(script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['parent.pt']"

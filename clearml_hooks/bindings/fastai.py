@@ -45,15 +45,15 @@ def _model_file(call: Call):
     file = call.kwargs["file"] if "file" in call.kwargs else (call.args[0] if call.args else None)
     if not isinstance(file, (str, Path)):
         return file  # a file object (or None): fastai uses it as is
-    learn = call.instance
-    return Path(learn.path) / learn.model_dir / f"{file}.pth"
+    learn = call.instance  # os.path.join, not Path: this runs on every call, filtered or not
+    return os.path.join(os.fspath(learn.path), os.fspath(learn.model_dir), f"{file}.pth")
 
 
 def _export_file(call: Call):
     fname = call.kwargs.get("fname", call.args[0] if call.args else "export.pkl")
     if not isinstance(fname, (str, os.PathLike)):
         return None  # fastai itself only takes a name relative to ``learn.path``
-    return Path(call.instance.path) / fname
+    return os.path.join(os.fspath(call.instance.path), os.fspath(fname))
 
 
 def _iteration(learn) -> int | None:

@@ -5,7 +5,7 @@ The scikit-learn wrappers (``XGBClassifier``, ``XGBRegressor``, ``XGBRanker``, .
 guard makes that one capture. ``Booster(model_file=...)`` (also how ``xgb.train(xgb_model=path)``
 resumes) is a load through the constructor: ``Booster.__init__`` is hooked, so ``xgb.Booster``
 stays a class. Every format is one file at the given path (``.json``, ``.ubj``, the legacy
-binary of 1.x); XGBoost expands ``~`` itself, so the location does too.
+binary of 1.x).
 """
 
 from __future__ import annotations
@@ -13,28 +13,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from clearml_hooks.hooks.binding import Binding, Call, Location, Target, arg
+from clearml_hooks.hooks.binding import Binding, Call, Target, arg
 
 
-def _model_file(call: Call) -> Any:
-    """``Booster(model_file=...)``: a path is a load; a Booster or a bytearray is a copy."""
-    model_file = arg("model_file", 2)(call)
-    return model_file if isinstance(model_file, (str, os.PathLike)) else None
-
-
-def _path_only(extract):
-    """XGBoost reads/writes paths only; an in-memory ``bytearray`` is not a file."""
+def _file(extract):
+    """The path XGBoost really opens: it expands ``~`` itself (so must the filter, and the
+    overwrite protection before a save). A ``bytearray`` or a Booster (``Booster(model_file=
+    other_booster)`` copies it) is in memory, not a file."""
 
     def path(call: Call) -> Any:
         raw = extract(call)
-        return raw if isinstance(raw, (str, os.PathLike)) else None
+        if isinstance(raw, (str, os.PathLike)):
+            return os.path.expanduser(os.fspath(raw))
+        return None
 
-    path.__qualname__ = f"path_only({extract.__qualname__})"
+    path.__qualname__ = f"file({extract.__qualname__})"
     return path
-
-
-def _expanded(call: Call, pre_path: str) -> Location | None:
-    return Location(path=os.path.expanduser(pre_path))
 
 
 class XGBoostBinding(Binding):
@@ -43,13 +37,9 @@ class XGBoostBinding(Binding):
     distribution = ("xgboost", "xgboost-cpu")
     requirement = "xgboost>=1.6"
     targets = (
-        Target("xgboost.core", "Booster.save_model", "save", _path_only(arg("fname", 0)),
-               locate=_expanded),
-        Target("xgboost.core", "Booster.load_model", "load", _path_only(arg("fname", 0)),
-               locate=_expanded),
-        Target("xgboost.core", "Booster.__init__", "load", _model_file, locate=_expanded),
-        Target("xgboost.sklearn", "XGBModel.save_model", "save", _path_only(arg("fname", 0)),
-               locate=_expanded),
-        Target("xgboost.sklearn", "XGBModel.load_model", "load", _path_only(arg("fname", 0)),
-               locate=_expanded),
+        Target("xgboost.core", "Booster.save_model", "save", _file(arg("fname", 0))),
+        Target("xgboost.core", "Booster.load_model", "load", _file(arg("fname", 0))),
+        Target("xgboost.core", "Booster.__init__", "load", _file(arg("model_file", 2))),
+        Target("xgboost.sklearn", "XGBModel.save_model", "save", _file(arg("fname", 0))),
+        Target("xgboost.sklearn", "XGBModel.load_model", "load", _file(arg("fname", 0))),
     )

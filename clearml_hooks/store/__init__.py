@@ -99,3 +99,18 @@ def default_store() -> Store:
     if task is not None:
         return task.store
     return store_for(Settings.resolve(), background=False)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not reuse the parent's database connections (SQLAlchemy's advice)."""
+    for store in list(_stores.values()):
+        catalog = store._catalog
+        if catalog is not None:
+            try:
+                catalog.engine.dispose(close=False)
+            except Exception:
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

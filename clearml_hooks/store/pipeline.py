@@ -189,11 +189,21 @@ class Pipeline:
         self._idle = threading.Condition(self._lock)
         self._pid = os.getpid()
 
+    def _reset_after_fork(self) -> None:
+        """A forked child inherits the queue and locks mid-use by threads it does not have."""
+        self._queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._outstanding = 0
+        self._thread = None
+        self._pid = os.getpid()
+
     def submit(self, job: Any) -> None:
+        if self._pid != os.getpid():
+            self._reset_after_fork()
         with self._lock:
             self._outstanding += 1
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="clearml-hooks-worker",
                                                 daemon=True)
                 self._thread.start()
@@ -221,11 +231,15 @@ class Pipeline:
                         self._idle.notify_all()
 
     def outstanding(self) -> int:
+        if self._pid != os.getpid():
+            self._reset_after_fork()
         with self._lock:
             return self._outstanding
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every submitted job is done; False on timeout."""
+        if self._pid != os.getpid():
+            self._reset_after_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while self._outstanding:

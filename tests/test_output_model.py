@@ -51,6 +51,8 @@ def test_update_weights_stores_a_snapshot_and_keeps_the_file(task, tmp_path):
     assert open(model.get_local_copy(), "rb").read() == b"weights-2"
     assert open(model.get_local_copy(version=1), "rb").read() == b"weights-1"
     assert [s["version"] for s in model.snapshots] == [1, 2]
+    model.update_weights(str(weights), target_filename="final.pt", async_enable=False)
+    assert os.path.basename(model.get_local_copy()) == "final.pt"
 
 
 def test_identical_bytes_are_stored_once(task, tmp_path):

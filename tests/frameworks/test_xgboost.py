@@ -131,9 +131,18 @@ def test_booster_save_model_to_pathlib_path(tmp_path, booster):
 def test_booster_save_model_expands_the_home_directory(tmp_path, booster, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
-    task = start(tmp_path)
+    task = start(tmp_path, {"xgboost": str(home / "*.json")})  # the filter sees the real path
     booster.save_model("~/model.json")
-    assert_one_output(task, home / "model.json")
+    m = assert_one_output(task, home / "model.json")
+    task.set_last_iteration(1)
+    booster[:2].save_model("~/model.json")  # an overwrite in place: the first snapshot is kept
+    assert task.flush(wait_for_uploads=True)
+    assert [s["iteration"] for s in m.snapshots] == [None, 1]
+    assert stored_bytes(m) == (home / "model.json").read_bytes()
+    first = Path(m.get_local_copy(raise_on_error=True, version=1)).read_bytes()
+    assert first != (home / "model.json").read_bytes()
+    xgb.Booster(model_file="~/model.json")
+    assert inputs(task) == [m]
 
 
 def test_booster_load_model(tmp_path, booster):

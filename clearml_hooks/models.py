@@ -449,7 +449,7 @@ class Model:
             only_published=only_published, include_archived=include_archived,
             max_results=max_results, metadata=metadata,
             framework=canonical_framework(framework) if framework else None,
-            order_by=order_by, offset=offset)
+            order_by=order_by, offset=offset, ids_only=True)
         return [Model._from_row(store, r) for r in rows]
 
     @classmethod

@@ -401,11 +401,12 @@ def query(catalog: SqlCatalog, *, project_name: str | None = None, model_name: s
           include_archived: bool = False, max_results: int | None = None,
           metadata: Mapping[str, Any] | None = None, framework: str | None = None,
           task_id: str | None = None, order_by: str = "-updated",
-          offset: int = 0) -> list[dict]:
-    """Rows of the models that match, newest update first by default."""
+          offset: int = 0, ids_only: bool = False) -> list[dict]:
+    """Rows of the models that match, newest update first by default (``ids_only``: rows with
+    just ``id``, which is all a ``Model`` object needs: no wide rows read)."""
     m = s.models
     where = []
-    q = _model_select()
+    q = select(m.c.id) if ids_only else _model_select()
     project_id = None
     if project_name is not None:
         project_id = (select(s.projects.c.id).where(s.projects.c.name == project_name)

@@ -317,6 +317,13 @@ def test_disabled_by_either_key(tmp_path, estimator, key):
     assert joblib.dump is ORIGINAL_DUMP  # a disabled binding patches nothing
 
 
+def test_disabled_from_the_environment_by_the_scikit_key(tmp_path, estimator, monkeypatch):
+    monkeypatch.setenv("CLEARML_HOOKS_DISABLED", "scikit")
+    task = start(tmp_path)
+    dump_both(tmp_path, estimator)
+    assert outputs(task) == [] and inputs(task) == []
+
+
 # -- patching -----------------------------------------------------------------------------------
 
 

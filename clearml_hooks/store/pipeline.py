@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 from collections import Counter
@@ -360,7 +359,7 @@ class Capturer:
         self.pipeline = Pipeline(store)
         self.stats: Counter[str] = Counter()
         self.iteration: int | None = None
-        self._protected: dict[tuple[int, int], str] = {}
+        self._protected: dict[tuple[int, int], str] = {}  # (dev, inode) -> user's path
         self._seen_loads: set[tuple] = set()
         self._lock = threading.Lock()
         self.registered = threading.Event()  # set once the task row exists in the catalog
@@ -376,28 +375,35 @@ class Capturer:
         return bool(self._protected)
 
     def before_save(self, path: str) -> None:
-        """Break our hard link before the framework rewrites a file in place."""
+        """Break our hard links before the framework rewrites files in place.
+
+        Covers the path itself, the files of a directory, and the files of a checkpoint
+        prefix (``ckpt.index``, ``ckpt.data-00000-of-00001``): only files the save rewrites, as
+        unsharing means unlinking the user's path.
+        """
         if not self._protected:
             return
+        absolute = os.path.abspath(path)
+        with self._lock:
+            protected = list(self._protected.items())
+        for key, source in protected:
+            if source == absolute or source.startswith((absolute + os.sep, absolute + ".")):
+                self._unshare(source, key)
+
+    def _unshare(self, path: str, key: tuple[int, int]) -> None:
         try:
             st = os.stat(path)
         except OSError:
             return
-        if stat.S_ISDIR(st.st_mode):
-            for folder, _dirs, names in os.walk(path):
-                for name in names:
-                    self._unshare(os.path.join(folder, name))
-        else:
-            self._unshare(path, st)
-
-    def _unshare(self, path: str, st: os.stat_result | None = None) -> None:
-        try:
-            st = st or os.stat(path)
-        except OSError:
+        if (st.st_dev, st.st_ino) != key or st.st_nlink < 2:
+            with self._lock:  # already stored (staging gone) or replaced: nothing to protect
+                if st.st_nlink < 2 or (st.st_dev, st.st_ino) != key:
+                    self._protected.pop(key, None)
             return
-        if st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._protected:
-            os.unlink(path)  # the framework's write now creates a new file; ours keeps the old
-            self.stats["links_broken"] += 1
+        os.unlink(path)  # the framework's write now creates a new file; ours keeps the old
+        self.stats["links_broken"] += 1
+        with self._lock:
+            self._protected.pop(key, None)
 
     def saved(self, hook: Hook | None, location: Location, framework: str) -> None:
         files = location_files(location)
@@ -414,7 +420,7 @@ class Capturer:
             st = os.stat(os.path.join(staging, rel))
             journal_files.append((rel, st.st_size))
             if how == "link":
-                linked.append((st.st_dev, st.st_ino))
+                linked.append(((st.st_dev, st.st_ino), full))
             self.stats[f"protected_by_{how}"] += 1
         try:
             src_stat = os.stat(files[0][0]) if location.kind == "file" else None
@@ -429,8 +435,8 @@ class Capturer:
             owner=OWNER, source_size=src_stat.st_size if src_stat else None,
             source_mtime_ns=src_stat.st_mtime_ns if src_stat else None)
         with self._lock:
-            for key in linked:
-                self._protected[key] = snapshot_id
+            for key, full in linked:
+                self._protected[key] = full
         self.stats["saves"] += 1
         if not self.offline:
             self.pipeline.submit(snapshot_id)
@@ -460,8 +466,8 @@ class Capturer:
 
     def loaded(self, hook: Hook | None, location: Location, framework: str) -> None:
         path = os.path.abspath(location.path)
-        try:
-            st = os.stat(path)
+        try:  # a checkpoint prefix is not a file itself: stat its first file
+            st = os.stat(location.files[0] if location.kind == "files" and location.files else path)
         except OSError:
             self.stats["skipped_missing"] += 1
             return

@@ -72,6 +72,7 @@ class Task(TaskRegistryMixin):
         self.capturer = capturer
         self.settings = settings
         self.closed = False
+        self.inert = False
         self._created = threading.Event()
 
     # -- ClearML's class API ------------------------------------------------------------------
@@ -118,10 +119,20 @@ class Task(TaskRegistryMixin):
             capturer = Capturer(store, task_id, offline=settings.offline)
             task = cls(task_id=task_id, project=project, name=name, task_type=task_type,
                        tags=tags or (), store=store, capturer=capturer, settings=settings)
-            threading.Thread(target=task._register, name="clearml-hooks-task", daemon=True).start()
+            from clearml_hooks.hooks import process
             from clearml_hooks.hooks.registry import registry
 
-            registry().instrument(selection, capturer)
+            if process.capture_allowed():
+                threading.Thread(target=task._register, name="clearml-hooks-task",
+                                 daemon=True).start()
+                registry().instrument(selection, capturer)
+            else:
+                # rank != 0 or a forked worker re-running the script: one task per run, not per
+                # process; this one captures nothing and registers nothing
+                task.inert = True
+                task._created.set()
+                capturer.registered.set()
+                log.debug("clearml-hooks: not rank 0 / a worker process: Task.init is inert")
             cls._current = task
             if not cls._atexit_registered:
                 atexit.register(_at_exit)
@@ -186,6 +197,8 @@ class Task(TaskRegistryMixin):
             self.closed = True
             if Task._current is self:
                 Task._current = None
+        if self.inert:
+            return
         _drain(self, self.settings.exit_timeout if timeout is None else timeout)
         try:
             self.store.catalog.update_task(self.id, status="completed")

@@ -300,3 +300,21 @@ def test_forked_child_captures_when_configured(tmp_path):
     out = run_script(script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "['parent.pt']"
+
+
+def test_task_init_on_other_ranks_registers_no_second_task(tmp_path):
+    store = tmp_path / "store"
+    script = tmp_path / "ranked.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from clearml_hooks import Task
+        task = Task.init(project_name="p", task_name="ddp", output_uri={str(store)!r})
+        torch.save({{}}, {str(tmp_path)!r} + "/m.pt")
+        task.close()
+    """))
+    for rank in ("0", "1"):
+        out = run_script(script, env={"RANK": rank, "LOCAL_RANK": rank})
+        assert out.returncode == 0, out.stderr
+    catalog = _open(store).catalog
+    assert len(catalog.list_tasks()) == 1
+    assert len(_snapshots(_open(store))) == 1

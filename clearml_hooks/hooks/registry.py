@@ -8,6 +8,7 @@ exactly once; agent failures never reach user code).
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import os
 import sys
@@ -38,6 +39,7 @@ class CaptureSink(Protocol):
 
 
 _tls = threading.local()
+_PLAIN_FILES = (io.FileIO, io.BufferedWriter, io.BufferedRandom)
 
 
 class Hook:
@@ -92,6 +94,11 @@ class Hook:
             if isinstance(name, bytes):
                 name = os.fsdecode(name)
             if not isinstance(name, str) or not name or name.startswith("<"):
+                sink.skipped("stream")
+                return None
+            if self.target.side == "save" and not isinstance(raw, _PLAIN_FILES):
+                # a compressing or encoding wrapper (gzip.open, ...) with a name: its last bytes
+                # reach the disk only when the user closes it, so a copy now would be truncated
                 sink.skipped("stream")
                 return None
             path, fileobj = name, raw

@@ -175,3 +175,15 @@ def _store(home: Path):
     from clearml_hooks.store import store_for
 
     return store_for(Settings.resolve(output_uri=str(home)), background=False)
+
+
+def test_save_into_a_compressing_file_object_is_not_captured_truncated(task, tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "m.pt.gz", "wb") as f:
+        torch.save({"w": torch.ones(100)}, f)
+    with gzip.open(tmp_path / "m.pt.gz", "rb") as f:
+        assert torch.equal(torch.load(f)["w"], torch.ones(100))
+    task.flush(wait_for_uploads=True)
+    assert task.models["output"] == []
+    assert task.capture_stats["skipped_stream"] == 1

@@ -170,28 +170,55 @@ class SqlCatalog:
     def journal_snapshot(self, *, task_id: str, source: str, name: str, framework: str,
                          kind: str, staging: str, files: Sequence[tuple[str, int]],
                          iteration: int | None, owner: str, source_size: int | None,
-                         source_mtime_ns: int | None) -> tuple[str, str, int]:
+                         source_mtime_ns: int | None, project_id: str | None = None,
+                         known: tuple[str, int] | None = None) -> tuple[str, str, int]:
         """Record a pending snapshot of (task, source); returns (model_id, snapshot_id, version).
 
-        One short transaction: the snapshot is durable once this returns.
+        One short transaction in the training thread: the snapshot is durable once this
+        returns. ``known`` = (model_id, next version) from the caller's cache skips the lookups,
+        so a repeated save of a path is two INSERTs; on a conflict (another process of the same
+        task saved it too) it falls back to looking the model up.
         """
+        if known is not None:
+            try:
+                return self._journal(known[0], known[1], None, task_id=task_id, source=source,
+                                     name=name, framework=framework, kind=kind, staging=staging,
+                                     files=files, iteration=iteration, owner=owner,
+                                     source_size=source_size, source_mtime_ns=source_mtime_ns)
+            except IntegrityError:
+                pass
+        return self._journal(None, None, project_id, task_id=task_id, source=source, name=name,
+                             framework=framework, kind=kind, staging=staging, files=files,
+                             iteration=iteration, owner=owner, source_size=source_size,
+                             source_mtime_ns=source_mtime_ns)
+
+    def _journal(self, model_id: str | None, version: int | None, project_id: str | None, *,
+                 task_id: str, source: str, name: str, framework: str, kind: str, staging: str,
+                 files: Sequence[tuple[str, int]], iteration: int | None, owner: str,
+                 source_size: int | None, source_mtime_ns: int | None) -> tuple[str, str, int]:
         t = now()
         with self.write() as conn:
-            model_id = conn.execute(select(s.models.c.id).where(
-                s.models.c.task_id == task_id, s.models.c.source == source)).scalar()
             if model_id is None:
-                project_id = conn.execute(select(s.tasks.c.project_id).where(
-                    s.tasks.c.id == task_id)).scalar()
-                model_id = new_id()
-                conn.execute(s.models.insert().values(
-                    id=model_id, project_id=project_id, task_id=task_id, name=name, source=source,
-                    origin="captured", framework=framework, comment="", tags="[]",
-                    system_tags="[]", labels="{}", is_package=kind != "file", published=False,
-                    archived=False, ready=False, iteration=iteration, created=t, updated=t))
-                conn.execute(s.task_models.insert().values(
-                    task_id=task_id, model_id=model_id, direction="output", name=name, created=t))
-            version = (conn.execute(select(func.max(s.snapshots.c.version)).where(
-                s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
+                model_id = conn.execute(select(s.models.c.id).where(
+                    s.models.c.task_id == task_id, s.models.c.source == source)).scalar()
+                if model_id is None:
+                    if project_id is None:
+                        project_id = conn.execute(select(s.tasks.c.project_id).where(
+                            s.tasks.c.id == task_id)).scalar()
+                    model_id = new_id()
+                    conn.execute(s.models.insert().values(
+                        id=model_id, project_id=project_id, task_id=task_id, name=name,
+                        source=source, origin="captured", framework=framework, comment="",
+                        tags="[]", system_tags="[]", labels="{}", is_package=kind != "file",
+                        published=False, archived=False, ready=False, iteration=iteration,
+                        created=t, updated=t))
+                    conn.execute(s.task_models.insert().values(
+                        task_id=task_id, model_id=model_id, direction="output", name=name,
+                        created=t))
+                    version = 1
+                else:
+                    version = (conn.execute(select(func.max(s.snapshots.c.version)).where(
+                        s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
             snapshot_id = new_id()
             conn.execute(s.snapshots.insert().values(
                 id=snapshot_id, model_id=model_id, version=version, iteration=iteration,
@@ -200,8 +227,6 @@ class SqlCatalog:
             if files:
                 conn.execute(s.snapshot_files.insert(), [
                     {"snapshot_id": snapshot_id, "relpath": rel, "size": size} for rel, size in files])
-            conn.execute(update(s.models).where(s.models.c.id == model_id).values(
-                updated=t, framework=framework, iteration=iteration))
             return model_id, snapshot_id, version
 
     def complete_snapshot(self, snapshot_id: str, *, files: Sequence[tuple[str, str, int]],

@@ -364,6 +364,7 @@ class Capturer:
         self._lock = threading.Lock()
         self.registered = threading.Event()  # set once the task row exists in the catalog
         self._device: int | None = None
+        self._models: dict[str, tuple[str, int]] = {}  # source -> (model id, next version)
 
     # -- CaptureSink ----------------------------------------------------------------------------
 
@@ -429,11 +430,13 @@ class Capturer:
         iteration = location.iteration if location.iteration is not None else self.iteration
         name = os.path.basename(source.rstrip(os.sep)) or source
         self.registered.wait(120)
-        _model_id, snapshot_id, _version = self.store.catalog.journal_snapshot(
+        model_id, snapshot_id, version = self.store.catalog.journal_snapshot(
             task_id=self.task_id, source=source, name=name, framework=framework,
             kind=location.kind, staging=staging, files=journal_files, iteration=iteration,
             owner=OWNER, source_size=src_stat.st_size if src_stat else None,
-            source_mtime_ns=src_stat.st_mtime_ns if src_stat else None)
+            source_mtime_ns=src_stat.st_mtime_ns if src_stat else None,
+            known=self._models.get(source))
+        self._models[source] = (model_id, version + 1)
         with self._lock:
             for key, full in linked:
                 self._protected[key] = full

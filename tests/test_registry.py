@@ -240,3 +240,28 @@ def test_auto_connect_false_patches_nothing(tmp_path):
     """))
     out = run_script(script)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_failing_hook_never_fails_the_users_import(store_dir, monkeypatch):
+    from clearml_hooks.hooks.binding import Binding, Target, arg
+
+    class ExplodingBinding(Binding):
+        key = "explodingfw"
+        framework = "Custom"
+        distribution = "no-such-distribution"
+        targets = (Target("tests.helpers.explodingfw", "thing.save", "save", arg("path", 1)),)
+
+    monkeypatch.setenv("CLEARML_HOOKS_STRICT", "0")
+    sys.modules.pop("tests.helpers.explodingfw", None)
+    registry().add_binding(ExplodingBinding)
+    task = Task.init(project_name="p", task_name="exploding", output_uri=str(store_dir))
+    try:
+        before = contract.error_count()
+        module = importlib.import_module("tests.helpers.explodingfw")
+        assert module.save.__name__ == "save"
+        assert contract.error_count() == before + 1
+    finally:
+        task.close()
+        registry().bindings.pop("explodingfw", None)
+        registry().hooks.pop("explodingfw", None)
+        sys.modules.pop("tests.helpers.explodingfw", None)

@@ -146,12 +146,12 @@ def test_framework_imported_before_init_is_patched_at_once(tmp_path):
     script = tmp_path / "early.py"
     script.write_text(textwrap.dedent(f"""
         import torch
-        original = torch.save
+        kept = [torch.save]  # (a plain global would be rebound too: see the next test)
         from clearml_hooks import Task
         task = Task.init(project_name="p", task_name="early", output_uri={str(tmp_path / 's')!r})
-        assert torch.save is not original and torch.save.__wrapped__ is original
+        assert torch.save is not kept[0] and torch.save.__wrapped__ is kept[0]
         task.close()
-        assert torch.save is original
+        assert torch.save is kept[0]
         print("ok")
     """))
     out = run_script(script)
@@ -265,3 +265,24 @@ def test_a_failing_hook_never_fails_the_users_import(store_dir, monkeypatch):
         registry().bindings.pop("explodingfw", None)
         registry().hooks.pop("explodingfw", None)
         sys.modules.pop("tests.helpers.explodingfw", None)
+
+
+def test_names_imported_into_the_script_before_init_are_captured(tmp_path):
+    script = tmp_path / "early_names.py"
+    script.write_text(textwrap.dedent(f"""
+        from torch import save, load
+        import torch
+        kept = [save]
+        from clearml_hooks import Task
+        task = Task.init(project_name="p", task_name="names", output_uri={str(tmp_path / 's')!r})
+        assert save is torch.save and save is not kept[0]
+        save({{"w": 1}}, {str(tmp_path / 'm.pt')!r})
+        load({str(tmp_path / 'm.pt')!r})
+        task.flush(wait_for_uploads=True)
+        print(len(task.models["output"]), len(task.models["input"]))
+        task.close()
+        assert save is kept[0]
+    """))
+    out = run_script(script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1 1"

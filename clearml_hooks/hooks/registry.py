@@ -386,6 +386,18 @@ class Registry:
             # the alias was bound to our wrapper by the framework's own import
             # (``from torch.serialization import save``): restore it on uninstrument too
             self.patches.append(Patch(alias_owner, alias_attribute, hook.original, hook.wrapper))
+        self._rebind_in_main(hook)
+
+    def _rebind_in_main(self, hook: Hook) -> None:
+        """``from joblib import dump`` in the user's script *before* ``Task.init`` bound the
+        original function; rebind such names in ``__main__`` (ClearML misses these saves)."""
+        main = sys.modules.get("__main__")
+        if main is None or hook.original is None or not callable(hook.original):
+            return
+        names = [name for name, value in list(vars(main).items()) if value is hook.original]
+        for name in names:
+            setattr(main, name, hook.wrapper)
+            self.patches.append(Patch(main, name, hook.original, hook.wrapper))
 
 
 class _ModuleCallback:

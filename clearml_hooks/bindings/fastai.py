@@ -18,7 +18,6 @@ PyTorch binding still sees the inner ``torch.load``).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from clearml_hooks.hooks.binding import Binding, Call, Location, Target, arg
 
@@ -43,7 +42,7 @@ def _aliases(name: str) -> tuple[str, ...]:
 def _model_file(call: Call):
     """``Learner.save/load``'s file, as fastai's ``join_path_file`` computes it (without its mkdir)."""
     file = call.kwargs["file"] if "file" in call.kwargs else (call.args[0] if call.args else None)
-    if not isinstance(file, (str, Path)):
+    if not isinstance(file, (str, os.PathLike)):
         return file  # a file object (or None): fastai uses it as is
     learn = call.instance  # os.path.join, not Path: this runs on every call, filtered or not
     return os.path.join(os.fspath(learn.path), os.fspath(learn.model_dir), f"{file}.pth")

@@ -18,7 +18,6 @@ snapshot's iteration.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -61,6 +60,8 @@ def _sharded(path: str) -> Location | None:
     index = path if path.endswith(".json") else os.path.splitext(path)[0] + ".json"
     if not os.path.isfile(index):
         return None
+    import json  # lazily: Task.init loads every binding module
+
     with open(index, encoding="utf-8") as f:
         weight_map = json.load(f).get("weight_map", {})
     folder = os.path.dirname(os.path.abspath(index))

@@ -96,7 +96,8 @@ class Hook:
             if not isinstance(name, str) or not name or name.startswith("<"):
                 sink.skipped("stream")
                 return None
-            if self.target.side == "save" and not isinstance(raw, _PLAIN_FILES):
+            if self.target.side == "save" and not isinstance(getattr(raw, "file", raw),
+                                                             _PLAIN_FILES):
                 # a compressing or encoding wrapper (gzip.open, ...) with a name: its last bytes
                 # reach the disk only when the user closes it, so a copy now would be truncated
                 sink.skipped("stream")

@@ -187,3 +187,14 @@ def test_save_into_a_compressing_file_object_is_not_captured_truncated(task, tmp
     task.flush(wait_for_uploads=True)
     assert task.models["output"] == []
     assert task.capture_stats["skipped_stream"] == 1
+
+
+def test_save_into_a_named_temporary_file(task, tmp_path):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=tmp_path, suffix=".pt", delete=False) as f:
+        torch.save({"w": 1}, f)
+    task.flush(wait_for_uploads=True)
+    (model,) = task.models["output"]
+    assert model.source == f.name
+    assert _stored_bytes(model) == Path(f.name).read_bytes()

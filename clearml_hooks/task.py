@@ -242,7 +242,7 @@ class Task(TaskRegistryMixin):
 
         inputs, outputs = TaskModels.List(), TaskModels.List()
         for row in self.store.catalog.task_models(self.id):
-            model = Model(row["model_id"], store=self.store)
+            model = Model._from_row(self.store, {"id": row["model_id"]})
             model._link_name = row["link_name"]
             (inputs if row["direction"] == "input" else outputs).append(model)
         return TaskModels(input=inputs, output=outputs)

@@ -7,8 +7,10 @@ One implementation over SQLAlchemy Core. SQLite runs in WAL mode with a long bus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,6 +22,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from clearml_hooks.store import schema as s
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 def new_id() -> str:
@@ -41,6 +45,7 @@ class SqlCatalog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._write_lock = threading.RLock()
         self.engine = self._make_engine(url)
         self._create_schema()
 
@@ -74,14 +79,18 @@ class SqlCatalog:
     def write(self) -> Iterator[Connection]:
         """A write transaction. On SQLite it takes the write lock at BEGIN (IMMEDIATE) and waits
         up to a minute for it, so concurrent writers queue instead of failing."""
-        conn = self.engine.connect()
-        conn.info["write"] = True
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            conn.info["write"] = False
-            conn.close()
+        # threads of one process queue on a lock, not in SQLite's busy handler (which sleeps
+        # up to 100 ms per collision); other processes still queue in SQLite
+        lock = self._write_lock if self.is_sqlite else _NO_LOCK
+        with lock:
+            conn = self.engine.connect()
+            conn.info["write"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info["write"] = False
+                conn.close()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -133,6 +133,33 @@ def per_call_cost(repeats: int) -> dict:
     """))
 
 
+def journal_cost(repeats: int) -> dict:
+    """Training-thread cost of one captured save beyond the framework's own write (link +
+    journal), measured on the capturer directly with a small file rewritten each time."""
+    return json.loads(_python(f"""
+        import json, os, statistics, tempfile, time
+        from clearml_hooks import Task
+        from clearml_hooks.hooks.binding import Location
+        tmp = tempfile.mkdtemp()
+        task = Task.init(project_name="bench", task_name="journal", output_uri=tmp + "/store",
+                         auto_connect_frameworks=False)
+        task.wait_registered()
+        capturer, path, times = task.capturer, os.path.join(tmp, "m.bin"), []
+        for i in range(50 * {repeats}):
+            capturer.before_save(path)
+            with open(path, "wb") as f:
+                f.write(b"x" * 4096)
+            t = time.perf_counter()
+            capturer.saved(None, Location(path), "PyTorch")
+            times.append((time.perf_counter() - t) * 1e3)
+        task.flush(wait_for_uploads=True)
+        times.sort()
+        print(json.dumps({{"median_ms": statistics.median(times),
+                          "p90_ms": times[int(len(times) * 0.9)]}}))
+        task.close()
+    """))
+
+
 def peak_rss(size_mb: int) -> dict:
     """Peak RSS added by capturing a ``size_mb`` checkpoint (bytes stream; never held whole)."""
     code = f"""
@@ -164,7 +191,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--rss-size-mb", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", choices=["startup", "stall", "calls", "rss"])
+    parser.add_argument("--only", choices=["startup", "stall", "calls", "journal", "rss"])
     args = parser.parse_args()
     results = {}
     if args.only in (None, "startup"):
@@ -173,6 +200,9 @@ def main() -> None:
     if args.only in (None, "calls"):
         results["calls"] = per_call_cost(args.repeats)
         print("calls", results["calls"], flush=True)
+    if args.only in (None, "journal"):
+        results["journal"] = journal_cost(args.repeats)
+        print("journal", results["journal"], flush=True)
     if args.only in (None, "stall"):
         results["stall"] = save_stall(args.size_mb, args.repeats)
         print("stall", results["stall"], flush=True)

@@ -187,7 +187,7 @@ class PostgresServer:
             if self._private_root is None or not self.socket_dir.is_relative_to(self._private_root):
                 shutil.rmtree(self.socket_dir, ignore_errors=True)
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -436,7 +436,7 @@ class S3Server:
         if remove_data:
             shutil.rmtree(self.workdir / "data", ignore_errors=True)
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> S3Server:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -477,7 +477,7 @@ def start_s3(workdir, key: str = "clearmlhookstest", secret: str = "clearmlhooks
         sockdir.mkdir(parents=True, exist_ok=True)
         used: set[int] = set()
 
-        def port() -> int:
+        def port(used: set[int] = used) -> int:
             # gRPC ports are given explicitly, so no hidden "+10000" port can collide
             p = find_free_port(used)
             used.add(p)
@@ -510,9 +510,9 @@ def start_s3(workdir, key: str = "clearmlhookstest", secret: str = "clearmlhooks
         while time.monotonic() < deadline and proc.poll() is None:
             if _port_open(s3_port):
                 try:
-                    status, body = server._request("GET", "/")
+                    status, _body = server._request("GET", "/")
                 except (OSError, urllib.error.URLError):
-                    status, body = 0, b""
+                    status = 0
                 if status == 200:
                     return server
             time.sleep(0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -64,6 +63,8 @@ class TaskRegistryMixin:
 
         labels = _validate_labels(enumeration)
         self.wait_registered()
+        import json
+
         self.store.catalog.update_task(self.id, labels=json.dumps(labels))
         return labels
 
@@ -72,6 +73,8 @@ class TaskRegistryMixin:
     def get_labels_enumeration(self) -> dict[str, int]:
         self.wait_registered()
         row = self.store.catalog.get_task(self.id)
+        import json
+
         return json.loads(row["labels"]) if row and row["labels"] else {}
 
     # -- output models ----------------------------------------------------------------------------

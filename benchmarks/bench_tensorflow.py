@@ -13,22 +13,21 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
 
 from clearml_hooks import Task  # noqa: E402
 from clearml_hooks.hooks.registry import registry  # noqa: E402
 from clearml_hooks.hooks.selection import parse_auto_connect  # noqa: E402
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -38,7 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench-tf-")
-    task = Task.init(project_name="bench", task_name="tensorflow", output_uri=os.path.join(work, "store"))
+    task = Task.init(project_name="bench", task_name="tensorflow",
+                     output_uri=os.path.join(work, "store"))
     task.wait_registered()
     import numpy as np
     import tensorflow as tf
@@ -62,13 +62,10 @@ def main() -> None:
     for label, save in saves.items():
         agent(None)
         save()  # warm up
-        off, on = [], []
-        for _ in range(args.repeats):
-            agent(None)
-            off.append(timed(save))
-            agent(capture)
-            on.append(timed(save))
-            task.flush(wait_for_uploads=True)
+        s = harness.interleaved({"off": lambda: agent(None), "on": lambda: agent(capture)},
+                                lambda: harness.timed(save), args.repeats,  # noqa: B023
+                                after=lambda: task.flush(wait_for_uploads=True))
+        off, on = s["off"], s["on"]
         print(f"{label}: off {statistics.median(off) * 1e3:.0f} ms, captured "
               f"{statistics.median(on) * 1e3:.0f} ms, stall ratio "
               f"{statistics.median(on) / statistics.median(off):.3f}")
@@ -78,12 +75,10 @@ def main() -> None:
     agent(None)
     small.save_weights(weights)
     load = lambda: small.load_weights(weights)  # noqa: E731
-    results: dict[str, list[float]] = {"off": [], "captured": [], "filtered": []}
     modes = {"off": None, "captured": capture, "filtered": filtered}
-    for _ in range(args.loads):
-        for mode, selection in modes.items():
-            agent(selection)
-            results[mode].append(timed(load))
+    results = harness.interleaved({mode: functools.partial(agent, selection)
+                                   for mode, selection in modes.items()},
+                                  lambda: harness.timed(load), args.loads)
     base = statistics.median(results["off"])
     print(f"load_weights (small), median of {args.loads}: off {base * 1e6:.0f} us, captured "
           f"{statistics.median(results['captured']) * 1e6:.0f} us, filtered out "
@@ -91,20 +86,13 @@ def main() -> None:
 
     # the agent's own work per load call, without the load's noise: the very hook Keras calls,
     # wrapping a no-op instead of the real load (path, filter, stat, de-duplication)
-    def noop(*a, **k):
-        return None
-
     for mode in ("captured", "filtered"):
         agent(modes[mode])
         [hook] = [h for h in registry().hooks["keras"]
                   if h.wrapper is not None and h.target.qualname == "Model.load_weights"]
-        hook(noop, small, (weights,), {})  # the first captured load registers the input
-        n = 20000
-        start = time.perf_counter()
-        for _ in range(n):
-            hook(noop, small, (weights,), {})
-        per_call = (time.perf_counter() - start) / n
-        print(f"agent cost per load call ({mode}): {per_call * 1e6:.1f} us")
+        hook(harness.noop, small, (weights,), {})  # the first captured load registers the input
+        per_call = harness.per_call_us(hook, 20000, harness.noop, small, (weights,), {})
+        print(f"agent cost per load call ({mode}): {per_call:.1f} us")
     agent(None)
     task.close()
 

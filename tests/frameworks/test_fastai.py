@@ -7,6 +7,7 @@ through ``torch.save``: each must be captured once, as FastAI, never again as Py
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -19,12 +20,9 @@ import pytest
 import torch
 from fastai.learner import Learner
 
-from clearml_hooks import Model, Task
-from clearml_hooks.config import Settings
-from clearml_hooks.store import store_for
-from tests.conftest import run_script
+from tests.frameworks import common
+from tests.frameworks.common import inputs, outputs, run_training_script, stored_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 ORIGINAL = {name: Learner.__dict__[name] for name in ("save", "load", "export")}
 ORIGINAL_LOAD_LEARNER = fastai.learner.load_learner
 ORIGINAL_TORCH_SAVE = torch.save
@@ -51,41 +49,11 @@ def make_learner(path: Path, *, fit: bool = True) -> Learner:
     return learn
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="fastai", task_name="test", output_uri=str(tmp_path / "store"),
-                     auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def stored_bytes(model: Model) -> bytes:
-    return Path(model.get_local_copy(raise_on_error=True)).read_bytes()
-
-
-def assert_one_output(task: Task, path: Path) -> Model:
-    out = outputs(task)
-    assert [m.name for m in out] == [path.name]  # once: not again as PyTorch via torch.save
-    m = out[0]
-    assert m.framework == "FastAI"
-    assert m.source == str(path)
-    assert m.url and m.url.startswith("file://")
-    assert stored_bytes(m) == path.read_bytes()
-    return m
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+start = functools.partial(common.start, "fastai")
+# once: not again as PyTorch via torch.save
+assert_one_output = functools.partial(common.assert_one_output,
+                                      framework="FastAI", file_url=True)
+same_weights = functools.partial(common.same_weights, equal=torch.equal)
 
 
 # -- Learner.save / Learner.load --------------------------------------------------------------
@@ -260,24 +228,8 @@ def test_aliases_share_one_wrapper_and_are_restored(tmp_path):
 # -- the training script ----------------------------------------------------------------------
 
 
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    return models
-
-
 def test_training_script_end_to_end(tmp_path):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "fastai" / "train.py", str(out),
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "valid loss" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("fastai", tmp_path, expect="valid loss")
     assert set(models) == {("output", "checkpoint.pth"), ("output", "final.pth"),
                            ("output", "export.pkl"), ("input", "final.pth"),
                            ("input", "export.pkl")}

@@ -7,6 +7,7 @@ when present.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from pathlib import Path
@@ -19,12 +20,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import wrapt  # noqa: E402
 
-from clearml_hooks import Model, Task  # noqa: E402
-from clearml_hooks.config import Settings  # noqa: E402
-from clearml_hooks.store import store_for  # noqa: E402
-from tests.conftest import run_script  # noqa: E402
+from clearml_hooks import Model  # noqa: E402
+from tests.frameworks import common  # noqa: E402
+from tests.frameworks.common import (  # noqa: E402
+    assert_stored,
+    inputs,
+    outputs,
+    run_training_script,
+    tree,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 X = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
 Y = X.sum(axis=1, keepdims=True)
 HAS_ZIPPED = "zipped" in inspect.signature(keras.Model.save).parameters
@@ -43,48 +48,12 @@ def model():
     return make_model()
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="keras", task_name="test", output_uri=str(tmp_path / "store"),
-                     auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
+start = functools.partial(common.start, "keras")
+task = common.task_fixture(start)
 
 
-@pytest.fixture
-def task(tmp_path):
-    t = start(tmp_path)
-    yield t
-    t.close()
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def tree(path: str | Path) -> dict[str, bytes]:
-    path = Path(path)
-    if path.is_file():
-        return {path.name: path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def assert_stored(m: Model, written: str | Path) -> None:
-    """The registry holds exactly the bytes that were written, under the original name(s)."""
-    assert tree(m.get_local_copy(raise_on_error=True)) == tree(written)
-    assert m.source == os.path.abspath(written)
-    assert m.url
-
-
-def only(models: list[Model], name: str, framework: str = "Keras") -> Model:
-    assert [m.name for m in models] == [name]
-    assert models[0].framework == framework
-    return models[0]
+def only(models: list[Model], name: str) -> Model:
+    return common.only(models, "Keras", name)
 
 
 def test_runs_on_the_torch_backend():
@@ -235,25 +204,9 @@ def test_torch_saves_next_to_keras_stay_pytorch(task, model, tmp_path):
 # -- the training script, end to end ---------------------------------------------------------
 
 
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    return models
-
-
 def test_training_script_end_to_end(tmp_path):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "keras" / "train.py", str(out),
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1",
-                           "KERAS_BACKEND": "torch"})
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert "accuracy" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("keras", tmp_path,
+                                      expect="accuracy", env={"KERAS_BACKEND": "torch"})
     epochs = [f"epoch{e:02d}.keras" for e in (1, 2, 3)]
     assert {name for direction, name in models if direction == "output"} == {
         *epochs, "best.weights.h5", "final.keras"}  # no scratch.h5

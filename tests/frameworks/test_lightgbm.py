@@ -7,8 +7,8 @@ through the constructor is a hook on ``Booster.__init__``, not a replacement of 
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
-from pathlib import Path
 
 import joblib
 import lightgbm as lgb
@@ -16,12 +16,9 @@ import lightgbm.basic
 import numpy as np
 import pytest
 
-from clearml_hooks import Model, Task
-from clearml_hooks.config import Settings
-from clearml_hooks.store import store_for
-from tests.conftest import run_script
+from tests.frameworks import common
+from tests.frameworks.common import hooked_loads, inputs, outputs, run_training_script, stored_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 LGB_MAJOR = int(lgb.__version__.split(".")[0])
 ORIGINAL_INIT = lightgbm.basic.Booster.__dict__["__init__"]
 ORIGINAL_SAVE = lightgbm.basic.Booster.__dict__["save_model"]
@@ -42,62 +39,9 @@ def classifier():
     return lgb.LGBMClassifier(n_estimators=5, num_leaves=7, verbose=-1).fit(X, Y)
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="lightgbm", task_name="test", output_uri=str(tmp_path / "store"),
-                     auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
-
-
-def hooked_loads(task: Task, monkeypatch) -> list[str]:
-    """Every load the hooks report (the capturer itself folds repeated loads of one file)."""
-    seen: list[str] = []
-    original = task.capturer.loaded
-
-    def loaded(hook, location, framework):
-        seen.append(location.path)
-        return original(hook, location, framework)
-
-    monkeypatch.setattr(task.capturer, "loaded", loaded)
-    return seen
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def stored_bytes(model: Model) -> bytes:
-    return Path(model.get_local_copy(raise_on_error=True)).read_bytes()
-
-
-def assert_one_output(task: Task, path: Path) -> Model:
-    out = outputs(task)
-    assert [m.name for m in out] == [path.name]
-    m = out[0]
-    assert m.framework == "LightGBM"
-    assert m.source == str(path)
-    assert stored_bytes(m) == path.read_bytes()
-    assert len(m.snapshots) == 1
-    return m
-
-
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    # the registry's query API sees the same models (every load here is of a model it wrote)
-    queried = Model.query_models(project_name=project, store=store)
-    assert {m.id for m in queried} == {m.id for (d, _), m in models.items() if d == "output"}
-    return models
+start = functools.partial(common.start, "lightgbm")
+assert_one_output = functools.partial(common.assert_one_output,
+                                      framework="LightGBM", one_snapshot=True)
 
 
 # -- save ---------------------------------------------------------------------------------------
@@ -266,13 +210,8 @@ def test_uninstrument_restores_the_class(tmp_path):
 
 
 def test_training_script_end_to_end(tmp_path):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "lightgbm" / "train.py", str(out),
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "after 30 rounds" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("lightgbm", tmp_path,
+                                      expect="after 30 rounds", query_sees_outputs=True)
     assert set(models) == {
         ("output", "checkpoint.txt"), ("output", "model.txt"), ("output", "classifier.txt"),
         ("output", "classifier.joblib"), ("input", "checkpoint.txt"), ("input", "model.txt"),

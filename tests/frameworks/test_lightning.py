@@ -8,6 +8,7 @@ each must be captured once, as PyTorch, with the trainer's global step.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from pathlib import Path
@@ -18,12 +19,9 @@ import pytorch_lightning
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from clearml_hooks import Model, Task
-from clearml_hooks.config import Settings
-from clearml_hooks.store import store_for
-from tests.conftest import run_script
+from tests.frameworks import common
+from tests.frameworks.common import inputs, outputs, run_training_script, stored_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 SPELLINGS = {"lightning.pytorch": lightning.pytorch, "pytorch_lightning": pytorch_lightning}
 ORIGINAL_SAVE = {name: pl.Trainer.__dict__["save_checkpoint"] for name, pl in SPELLINGS.items()}
 
@@ -73,41 +71,11 @@ def fitted(pl, root: Path, epochs: int = 1, **kwargs):
     return t, model
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="lightning", task_name="test",
-                     output_uri=str(tmp_path / "store"), auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def stored_bytes(model: Model) -> bytes:
-    return Path(model.get_local_copy(raise_on_error=True)).read_bytes()
-
-
-def assert_one_output(task: Task, path: Path) -> Model:
-    out = outputs(task)
-    assert [m.name for m in out] == [path.name]  # once: the inner torch.save adds nothing
-    m = out[0]
-    assert m.framework == "PyTorch"
-    assert m.source == str(path)
-    assert m.url and m.url.startswith("file://")
-    assert stored_bytes(m) == path.read_bytes()
-    return m
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+start = functools.partial(common.start, "lightning")
+# once: the inner torch.save adds nothing
+assert_one_output = functools.partial(common.assert_one_output,
+                                      framework="PyTorch", file_url=True)
+same_weights = functools.partial(common.same_weights, equal=torch.equal)
 
 
 # -- save side ----------------------------------------------------------------------------------
@@ -275,25 +243,9 @@ def test_patches_are_restored(tmp_path):
 # -- the training script ------------------------------------------------------------------------
 
 
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    return models
-
-
 @pytest.mark.parametrize("spelling", sorted(SPELLINGS))
 def test_training_script_end_to_end(tmp_path, spelling):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "lightning" / "train.py", str(out), spelling,
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "val_loss" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("lightning", tmp_path, spelling, expect="val_loss")
     assert set(models) == {("output", "last.ckpt"), ("output", "best.ckpt"),
                            ("output", "final.ckpt"), ("input", "final.ckpt"),
                            ("input", "last.ckpt")}

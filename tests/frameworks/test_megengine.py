@@ -6,9 +6,9 @@ Runs with the real MegEngine 1.13 (wheels only up to Python 3.10). HOME is a tem
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
-from pathlib import Path
 
 import megengine
 import megengine.functional as F
@@ -21,12 +21,9 @@ import pytest
 from megengine.autodiff import GradManager
 from megengine.jit import trace
 
-from clearml_hooks import Model, Task
-from clearml_hooks.config import Settings
-from clearml_hooks.store import store_for
-from tests.conftest import run_script
+from tests.frameworks import common
+from tests.frameworks.common import inputs, outputs, run_training_script, stored_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 ORIGINAL_SAVE, ORIGINAL_LOAD = megengine.serialization.save, megengine.serialization.load
 ORIGINAL_DUMP = trace.__dict__["dump"]
 
@@ -35,42 +32,11 @@ def make_net() -> M.Module:
     return M.Sequential(M.Linear(8, 16), M.ReLU(), M.Linear(16, 1))
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="megengine", task_name="test",
-                     output_uri=str(tmp_path / "store"), auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def stored_bytes(model: Model) -> bytes:
-    return Path(model.get_local_copy(raise_on_error=True)).read_bytes()
-
-
-def assert_one_output(task: Task, path: Path) -> Model:
-    out = outputs(task)
-    assert [m.name for m in out] == [path.name]  # captured exactly once
-    m = out[0]
-    assert m.framework == "MegEngine"
-    assert m.source == str(path)
-    assert m.url and m.url.startswith("file://")
-    assert stored_bytes(m) == path.read_bytes()
-    return m
-
-
-def same_weights(a: M.Module, b: M.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(np.array_equal(np.asarray(sa[k]), np.asarray(sb[k]))
-                                          for k in sa)
+start = functools.partial(common.start, "megengine")
+assert_one_output = functools.partial(common.assert_one_output,
+                                      framework="MegEngine", file_url=True)
+same_weights = functools.partial(
+    common.same_weights, equal=lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)))
 
 
 # -- save side ----------------------------------------------------------------------------------
@@ -232,24 +198,8 @@ def test_training_step_with_hooks_on_trains(tmp_path):
 # -- the training script ------------------------------------------------------------------------
 
 
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    return models
-
-
 def test_training_script_end_to_end(tmp_path):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "megengine" / "train.py", str(out),
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "loss" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("megengine", tmp_path, expect="loss")
     assert set(models) == {("output", "checkpoint.pkl"), ("output", "final.pkl"),
                            ("output", "deploy.mge"), ("input", "final.pkl")}
     ckpt, final = models["output", "checkpoint.pkl"], models["output", "final.pkl"]

@@ -6,6 +6,7 @@ internals ClearML hooks): the binding hooks only the public ``dump`` / ``load``.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -22,12 +23,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from clearml_hooks import Model, Task
-from clearml_hooks.config import Settings
-from clearml_hooks.store import store_for
 from tests.conftest import run_script
+from tests.frameworks import common
+from tests.frameworks.common import inputs, outputs, run_training_script, stored_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 ORIGINAL_DUMP, ORIGINAL_LOAD = joblib.numpy_pickle.dump, joblib.numpy_pickle.load
 X, Y = make_classification(n_samples=200, n_features=8, random_state=0)
 
@@ -37,50 +36,9 @@ def estimator():
     return LogisticRegression(max_iter=200).fit(X, Y)
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="sklearn", task_name="test", output_uri=str(tmp_path / "store"),
-                     auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    """(direction, name) -> model, for the one task a training script ran in ``project``."""
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    # the registry's query API sees the same models (every load here is of a model it wrote)
-    queried = Model.query_models(project_name=project, store=store)
-    assert {m.id for m in queried} == {m.id for (d, _), m in models.items() if d == "output"}
-    return models
-
-
-def stored_bytes(model: Model) -> bytes:
-    return Path(model.get_local_copy(raise_on_error=True)).read_bytes()
-
-
-def assert_one_output(task: Task, path: Path, framework: str = "ScikitLearn") -> Model:
-    out = outputs(task)
-    assert [m.name for m in out] == [path.name]
-    m = out[0]
-    assert m.framework == framework
-    assert m.source == str(path)
-    assert m.url and m.url.startswith("file://")
-    assert stored_bytes(m) == path.read_bytes()
-    return m
+start = functools.partial(common.start, "sklearn")
+assert_one_output = functools.partial(common.assert_one_output,
+                                      framework="ScikitLearn", file_url=True)
 
 
 # -- save side ----------------------------------------------------------------------------------
@@ -343,13 +301,8 @@ def test_aliases_share_one_wrapper_and_are_restored(tmp_path):
 
 
 def test_training_script_end_to_end(tmp_path):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "sklearn" / "train.py", str(out),
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "accuracy" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("sklearn", tmp_path,
+                                      expect="accuracy", query_sees_outputs=True)
     assert set(models) == {("output", "checkpoint.joblib"), ("output", "model.pkl.gz"),
                            ("input", "model.pkl.gz")}
     ckpt, final = models["output", "checkpoint.joblib"], models["output", "model.pkl.gz"]

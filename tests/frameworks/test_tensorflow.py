@@ -6,8 +6,8 @@ with tf-keras (``TF_USE_LEGACY_KERAS=1``). Tests that only one Keras generation 
 
 from __future__ import annotations
 
+import functools
 import importlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +15,9 @@ import pytest
 import tensorflow as tf
 import wrapt
 
-from clearml_hooks import Model, Task
-from clearml_hooks.config import Settings
-from clearml_hooks.store import store_for
-from tests.conftest import run_script
+from tests.frameworks import common
+from tests.frameworks.common import inputs, only, outputs, run_training_script, tree
 
-REPO = Path(__file__).resolve().parents[2]
 keras = tf.keras
 KERAS3 = keras.Model.__module__.startswith("keras.src.models")
 keras2_only = pytest.mark.skipif(KERAS3, reason="Keras 2 format (TF 2.15 / tf-keras)")
@@ -44,55 +41,9 @@ def model():
     return make_model()
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="tensorflow", task_name="test",
-                     output_uri=str(tmp_path / "store"), auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
-
-
-@pytest.fixture
-def task(tmp_path):
-    t = start(tmp_path)
-    yield t
-    t.close()
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def tree(path: str | Path) -> dict[str, bytes]:
-    """Relative name -> bytes of a file, a directory, or a checkpoint prefix's files."""
-    path = Path(path)
-    if path.is_file():
-        return {path.name: path.read_bytes()}
-    if path.is_dir():
-        return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-                if p.is_file()}
-    return {p.name: p.read_bytes() for p in sorted(path.parent.glob(path.name + ".*"))
-            if p.name[len(path.name):].startswith((".index", ".data-", ".meta"))}
-
-
-def assert_stored(m: Model, written: str | Path) -> None:
-    """The registry holds exactly the bytes that were written, under the original name(s)."""
-    written_tree = tree(written)
-    assert written_tree, f"nothing at {written}"
-    assert tree(m.get_local_copy(raise_on_error=True)) == written_tree
-    assert m.source == os.path.abspath(written)
-    assert m.url
-
-
-def only(models: list[Model], framework: str, name: str) -> Model:
-    assert [m.name for m in models] == [name]
-    assert models[0].framework == framework
-    return models[0]
+start = functools.partial(common.start, "tensorflow")
+task = common.task_fixture(start)
+assert_stored = functools.partial(common.assert_stored, written_nonempty=True)
 
 
 # -- Keras saves -----------------------------------------------------------------------------
@@ -345,25 +296,9 @@ def test_filtered_out_load_is_not_an_input(tmp_path, model):
 # -- the training script, end to end ---------------------------------------------------------
 
 
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    return models
-
-
 def test_training_script_end_to_end(tmp_path):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "tensorflow" / "train.py", str(out),
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1",
-                           "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert "final loss" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("tensorflow", tmp_path,
+                                      expect="final loss", env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     epochs = [f"epoch{e:02d}.keras" for e in (1, 2, 3)]
     ckpts = [f"ckpt-{s}" for s in (1, 2, 3, 4)]
     assert {name for direction, name in models if direction == "output"} == {

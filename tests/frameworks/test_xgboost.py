@@ -6,6 +6,7 @@ Runs on xgboost 1.7 (legacy binary format still written) and the newest ``xgboos
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 import warnings
 from pathlib import Path
@@ -16,12 +17,9 @@ import pytest
 import xgboost as xgb
 import xgboost.core
 
-from clearml_hooks import Model, Task
-from clearml_hooks.config import Settings
-from clearml_hooks.store import store_for
-from tests.conftest import run_script
+from tests.frameworks import common
+from tests.frameworks.common import hooked_loads, inputs, outputs, run_training_script, stored_bytes
 
-REPO = Path(__file__).resolve().parents[2]
 XGB_MAJOR = int(xgb.__version__.split(".")[0])
 ORIGINAL_INIT = xgboost.core.Booster.__dict__["__init__"]
 ORIGINAL_SAVE = xgboost.core.Booster.__dict__["save_model"]
@@ -48,62 +46,9 @@ def quiet():
         yield
 
 
-def start(tmp_path: Path, frameworks=True) -> Task:
-    task = Task.init(project_name="xgboost", task_name="test", output_uri=str(tmp_path / "store"),
-                     auto_connect_frameworks=frameworks)
-    task.wait_registered()
-    return task
-
-
-def hooked_loads(task: Task, monkeypatch) -> list[str]:
-    """Every load the hooks report (the capturer itself folds repeated loads of one file)."""
-    seen: list[str] = []
-    original = task.capturer.loaded
-
-    def loaded(hook, location, framework):
-        seen.append(location.path)
-        return original(hook, location, framework)
-
-    monkeypatch.setattr(task.capturer, "loaded", loaded)
-    return seen
-
-
-def outputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["output"])
-
-
-def inputs(task: Task) -> list[Model]:
-    assert task.flush(wait_for_uploads=True)
-    return list(task.models["input"])
-
-
-def stored_bytes(model: Model) -> bytes:
-    return Path(model.get_local_copy(raise_on_error=True)).read_bytes()
-
-
-def assert_one_output(task: Task, path: Path, framework: str = "XGBoost") -> Model:
-    out = outputs(task)
-    assert [m.name for m in out] == [path.name]
-    m = out[0]
-    assert m.framework == framework
-    assert m.source == str(path)
-    assert stored_bytes(m) == path.read_bytes()
-    assert len(m.snapshots) == 1
-    return m
-
-
-def script_models(store_dir: Path, project: str) -> dict[tuple[str, str], Model]:
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    [task_row] = store.catalog.list_tasks(project=project)
-    models = {}
-    for link in store.catalog.task_models(task_row["id"]):
-        model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
-    # the registry's query API sees the same models (every load here is of a model it wrote)
-    queried = Model.query_models(project_name=project, store=store)
-    assert {m.id for m in queried} == {m.id for (d, _), m in models.items() if d == "output"}
-    return models
+start = functools.partial(common.start, "xgboost")
+assert_one_output = functools.partial(common.assert_one_output,
+                                      framework="XGBoost", one_snapshot=True)
 
 
 # -- Booster ------------------------------------------------------------------------------------
@@ -282,13 +227,8 @@ def test_uninstrument_restores_the_class(tmp_path):
 
 
 def test_training_script_end_to_end(tmp_path):
-    store, out = tmp_path / "e2e-store", tmp_path / "run"
-    proc = run_script(REPO / "frameworks" / "xgboost" / "train.py", str(out),
-                      env={"CLEARML_HOOKS_HOME": str(store), "CLEARML_HOOKS_STRICT": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "resumed to 16 rounds" in proc.stdout
-
-    models = script_models(store, "frameworks")
+    out, models = run_training_script("xgboost", tmp_path,
+                                      expect="resumed to 16 rounds", query_sees_outputs=True)
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert len(checkpoints) >= 2
     assert set(models) == {("output", n) for n in (*checkpoints, "model.json", "classifier.ubj")} \

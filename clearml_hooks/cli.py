@@ -410,6 +410,43 @@ def sync(ctx: click.Context, force: bool, as_json: bool) -> None:
         ctx.exit(1)
 
 
+# -- ui ---------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (0.0.0.0 exposes the read-only UI to the network).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True,
+              help="Port (0: any free port).")
+@click.option("--home", type=click.Path(file_okay=False), default=None,
+              help="Store directory (same as the global --home).")
+@click.pass_context
+@_errors
+def ui(ctx: click.Context, host: str, port: int, home: str | None) -> None:
+    """Serve the web model table (read-only HTML and a JSON API under /api/)."""
+    import logging
+
+    from clearml_hooks.ui import make_server
+
+    if home:
+        ctx.find_root().obj["home"] = home
+    try:
+        server = make_server(_store(ctx), host=host, port=port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("clearml_hooks.ui").addHandler(handler)
+    logging.getLogger("clearml_hooks.ui").setLevel(logging.INFO)
+    click.echo(f"clearml-hooks model table on {server.url} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``clearml-hooks`` and ``python -m clearml_hooks``)."""
     cli.main(args=argv, prog_name="clearml-hooks", obj={})

@@ -189,6 +189,11 @@ def models_show(ctx: click.Context, model_id: str, as_json: bool) -> None:
         {"version": s["version"], "iteration": s["iteration"], "state": s["state"],
          "size": s["size"], "digest": s["digest"], "created": _iso(s["created"]),
          "error": s["error"]} for s in store.catalog.snapshots_of(model_id)]
+    from clearml_hooks import model_reporting
+
+    info["scalars"] = [{k: r[k] for k in ("title", "series", "iteration", "last", "min", "max")}
+                       for r in model_reporting.last_scalars(store.catalog, model_id)]
+    info["single_values"] = model_reporting.single_values(store.catalog, model_id)
     if as_json:
         _echo_json(info)
         return
@@ -218,6 +223,16 @@ def models_show(ctx: click.Context, model_id: str, as_json: bool) -> None:
                           s["state"], "" if s["size"] is None else str(s["size"]),
                           (s["digest"] or "")[:16], s["created"] or "")
         console.print(snaps)
+    if info["scalars"] or info["single_values"]:
+        scalars = Table(title="scalars (latest value)", title_justify="left")
+        for col in ("title", "series", "iteration", "last", "min", "max"):
+            scalars.add_column(col)
+        for r in info["scalars"]:
+            scalars.add_row(r["title"], r["series"], str(r["iteration"]),
+                            *(f"{r[k]:.6g}" for k in ("last", "min", "max")))
+        for name, value in info["single_values"].items():
+            scalars.add_row(model_reporting.SUMMARY_TITLE, name, "", f"{value:.6g}", "", "")
+        console.print(scalars)
 
 
 @models.command("get")

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.frameworks import canonical_framework
+from clearml_hooks.model_reporting import ModelReporting
 from clearml_hooks.store import Store, default_store
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def _parse_config_text(text: str | None) -> dict:
         return {}
 
 
-class Model:
+class Model(ModelReporting):
     """A registered model, by id. ``ValueError`` (``UnknownModel``) if the id is not in the store."""
 
     def __init__(self, model_id: str, *, store: Store | None = None) -> None:

@@ -155,3 +155,30 @@ task_models = Table(
     Index("ix_task_models_model", "model_id"),
     Index("ix_task_models_task_direction", "task_id", "direction"),
 )
+
+# -- metrics and plots reported on models (clearml_hooks/model_reporting.py) ----------------------
+# One row per (model, title, series, iteration): reporting the same point again replaces it, as
+# ClearML's event ids do. Single values are scalars titled "Summary" at iteration -2**31 (ClearML).
+
+model_scalars = Table(
+    "model_scalars",
+    metadata,
+    Column("model_id", String(32), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    Column("title", String(255), primary_key=True),
+    Column("series", String(255), primary_key=True),
+    Column("iteration", BigInteger, primary_key=True, autoincrement=False),
+    Column("value", Float, nullable=True),  # NULL is NaN (SQLite stores no NaN)
+    Column("created", Float, nullable=False),
+)
+
+model_plots = Table(
+    "model_plots",
+    metadata,
+    Column("model_id", String(32), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    Column("title", String(255), primary_key=True),
+    Column("series", String(255), primary_key=True),
+    Column("iteration", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False),
+    Column("data", Text, nullable=False),  # the plot's plain data, JSON
+    Column("created", Float, nullable=False),
+)

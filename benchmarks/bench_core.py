@@ -65,12 +65,17 @@ def save_stall(size_mb: int, repeats: int) -> dict:
             t = time.perf_counter(); torch.save(state, path); return time.perf_counter() - t
         timed()  # warm the page cache and the store
         task.flush(wait_for_uploads=True)
-        for _ in range({repeats}):
-            registry().uninstrument()
-            off.append(timed())
-            registry().instrument(selection, sink)
-            on.append(timed())
-            task.flush(wait_for_uploads=True)  # training computes between saves
+        for i in range({repeats}):
+            # every sample starts alike: nothing stored in the background, no dirty pages
+            for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                if mode == "off":
+                    registry().uninstrument()
+                    off.append(timed())
+                else:
+                    registry().instrument(selection, sink)
+                    on.append(timed())
+                task.flush(wait_for_uploads=True)  # training computes between saves
+                os.sync()
         print(json.dumps({{"off_s": statistics.median(off), "on_s": statistics.median(on),
                           "ratio": statistics.median(on) / statistics.median(off),
                           "stats": task.capture_stats}}))

@@ -49,15 +49,20 @@ def per_call_us(fn: Callable[..., object], calls: int, *args) -> float:
 
 def interleaved(modes: dict[str, Callable[[], object]], measure: Callable[[], float],
                 repeats: int, after: Callable[[], object] | None = None) -> dict[str, list[float]]:
-    """``repeats`` rounds of: for each mode in order, switch to it, then take one ``measure()``;
-    ``after()`` (outside any measurement) ends each round. Mode name -> its samples."""
+    """``repeats`` rounds of: for each mode, switch to it, take one ``measure()``, then
+    ``after()`` and ``os.sync()`` outside the measurement, so that every sample starts from the
+    same state (no background copy running, no dirty pages of the previous write being flushed
+    by the kernel). The mode order alternates between rounds, so neither mode always goes first.
+    Mode name -> its samples."""
     samples: dict[str, list[float]] = {mode: [] for mode in modes}
-    for _ in range(repeats):
-        for mode, switch in modes.items():
+    order = list(modes.items())
+    for round_ in range(repeats):
+        for mode, switch in order if round_ % 2 == 0 else reversed(order):
             switch()
             samples[mode].append(measure())
-        if after is not None:
-            after()
+            if after is not None:
+                after()
+            os.sync()
     return samples
 
 

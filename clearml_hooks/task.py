@@ -329,6 +329,39 @@ def _drain(task: Task, timeout: float) -> None:
         log.warning("clearml-hooks: could not finish pending snapshots: %s", exc)
 
 
+def _after_fork_in_child() -> None:
+    """The parent's registration thread does not exist in a forked child: wait for its row."""
+    task = Task._current
+    if task is None or task._created.is_set():
+        return
+    task._created = threading.Event()
+
+    def await_parent() -> None:
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline:
+                if task.store.catalog.get_task(task.id) is not None:
+                    break
+                time.sleep(0.05)
+        except Exception:
+            pass
+        finally:
+            task._created.set()
+            task.capturer.registered.set()
+
+    threading.Thread(target=await_parent, name="clearml-hooks-task", daemon=True).start()
+
+
+def _before_fork() -> None:
+    task = Task._current
+    if task is not None:
+        task._created.wait(10.0)  # the registration thread's catalog write, bounded
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
 def _at_exit() -> None:
     task = Task._current
     if task is not None and not task.closed:

@@ -318,3 +318,37 @@ def test_task_init_on_other_ranks_registers_no_second_task(tmp_path):
     catalog = _open(store).catalog
     assert len(catalog.list_tasks()) == 1
     assert len(_snapshots(_open(store))) == 1
+
+
+def test_forked_ddp_rank_zero_captures_and_other_ranks_do_not(tmp_path):
+    """Lightning's ddp_fork: ranks are forked children that join the process group after."""
+    store = tmp_path / "store"
+    script = tmp_path / "ddp_fork.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        import torch, torch.distributed as dist
+        import torch.multiprocessing as mp
+        from clearml_hooks import Task
+
+        def run(rank, port):
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            dist.init_process_group("gloo", rank=rank, world_size=2)
+            torch.save({{"rank": rank}}, {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+            Task.current_task().flush(wait_for_uploads=True)
+            dist.destroy_process_group()
+
+        if __name__ == "__main__":
+            task = Task.init(project_name="p", task_name="ddp-fork", output_uri={str(store)!r})
+            mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
+            task.flush(wait_for_uploads=True)
+            print(sorted(m.name for m in task.models["output"]))
+    """))
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK")}
+    out = run_script(script, str(port), env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "['rank0.pt']"

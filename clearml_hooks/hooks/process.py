@@ -6,11 +6,15 @@ import os
 import sys
 
 _forked = False
+_dist_before_fork = False
 
 
 def _after_fork_in_child() -> None:
-    global _forked
+    global _forked, _dist_before_fork
     _forked = True
+    # a fork of a process that already joined a process group is a worker copy of it; a forked
+    # child that joins one itself afterwards is a DDP rank (Lightning's ddp_fork)
+    _dist_before_fork = _dist_initialized()
 
 
 if hasattr(os, "register_at_fork"):
@@ -37,23 +41,33 @@ def in_dataloader_worker() -> bool:
     return worker is not None and getattr(worker, "_worker_info", None) is not None
 
 
-def torch_distributed_rank() -> int:
+def _dist_initialized() -> bool:
     dist = sys.modules.get("torch.distributed")
-    if dist is None:
-        return 0
     try:
-        if dist.is_available() and dist.is_initialized():
-            return int(dist.get_rank())
+        return bool(dist is not None and dist.is_available() and dist.is_initialized())
     except Exception:
-        return 0
-    return 0
+        return False
+
+
+def torch_distributed_rank() -> int | None:
+    """This process's rank in torch.distributed, or None when it joined no process group."""
+    if not _dist_initialized():
+        return None
+    try:
+        return int(sys.modules["torch.distributed"].get_rank())
+    except Exception:
+        return None
 
 
 def capture_allowed() -> bool:
     """Cheap check, done on every hooked call: is this process one that captures?"""
-    if _forked or in_dataloader_worker():
-        if not _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_IN_WORKERS")):
-            return False
-    if env_rank() != 0 or torch_distributed_rank() != 0:
+    if in_dataloader_worker():
+        return _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_IN_WORKERS"))
+    rank = None if _dist_before_fork else torch_distributed_rank()
+    if rank is not None:  # a process group was joined here: its rank decides, forked or not
+        return rank == 0 or _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_ALL_RANKS"))
+    if _forked and not _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_IN_WORKERS")):
+        return False
+    if env_rank() != 0:
         return _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_ALL_RANKS"))
     return True

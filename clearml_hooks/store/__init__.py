@@ -102,8 +102,13 @@ def default_store() -> Store:
 
 
 def _after_fork_in_child() -> None:
-    """A forked child must not reuse the parent's database connections (SQLAlchemy's advice)."""
+    """A forked child must not reuse the parent's database connections (SQLAlchemy's advice),
+    and must open a store itself if the parent's opener thread had not finished."""
     for store in list(_stores.values()):
+        if not store._ready.is_set():
+            store._ready = threading.Event()
+            threading.Thread(target=store._open, name="clearml-hooks-open", daemon=True).start()
+            continue
         catalog = store._catalog
         if catalog is not None:
             try:
@@ -112,5 +117,14 @@ def _after_fork_in_child() -> None:
                 pass
 
 
+def _before_fork() -> None:
+    """Let a store that is still opening finish first (bounded): a fork in the middle of the
+    opener thread's imports would leave the child with half-imported modules."""
+    for store in list(_stores.values()):
+        store._ready.wait(FORK_WAIT)
+
+
+FORK_WAIT = 10.0
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

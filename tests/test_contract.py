@@ -77,17 +77,22 @@ def test_snapshot_is_journaled_when_the_call_returns(store_dir, tmp_path, monkey
         assert snap["state"] == "pending" and snap["source_path"] == str(tmp_path / "j.pt")
 
 
-def test_exit_waits_for_pending_snapshots(tmp_path):
+def _saves_then_exits(tmp_path: Path, count: int, numel: int) -> tuple[Path, Path]:
+    """A script that saves ``count`` checkpoints and exits at once, without ``close()``."""
     store = tmp_path / "store"
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
         import torch
         from clearml_hooks import Task
         Task.init(project_name="p", task_name="exit", output_uri={str(store)!r})
-        for i in range(3):
-            torch.save({{"w": torch.randn(2_000_000)}}, {str(tmp_path / 'm')!r} + str(i) + ".pt")
-        # no close(): the interpreter exits right away
+        for i in range({count}):
+            torch.save({{"w": torch.randn({numel})}}, {str(tmp_path / 'm')!r} + str(i) + ".pt")
     """))
+    return store, script
+
+
+def test_exit_waits_for_pending_snapshots(tmp_path):
+    store, script = _saves_then_exits(tmp_path, 3, 2_000_000)
     out = run_script(script)
     assert out.returncode == 0, out.stderr
     snaps = _snapshots(_open(store))
@@ -95,15 +100,7 @@ def test_exit_waits_for_pending_snapshots(tmp_path):
 
 
 def test_exit_timeout_leaves_snapshots_pending_and_says_so(tmp_path):
-    store = tmp_path / "store"
-    script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
-        import torch
-        from clearml_hooks import Task
-        Task.init(project_name="p", task_name="exit", output_uri={str(store)!r})
-        for i in range(4):
-            torch.save({{"w": torch.randn(25_000_000)}}, {str(tmp_path / 'big')!r} + str(i) + ".pt")
-    """))
+    store, script = _saves_then_exits(tmp_path, 4, 25_000_000)
     out = run_script(script, env={"CLEARML_HOOKS_EXIT_TIMEOUT": "0"})
     assert out.returncode == 0, out.stderr
     assert "still pending" in out.stderr and "clearml-hooks sync" in out.stderr

@@ -320,6 +320,13 @@ def _drain(task: Task, timeout: float) -> None:
         from clearml_hooks.store.pipeline import OWNER
 
         left = [snap for snap in task.store.catalog.pending_snapshots() if snap["owner"] == OWNER]
+        remaining = timeout - (time.monotonic() - start)
+        if left and not task.capturer.offline and remaining > 0:
+            # one last try (the object store may be back), within the exit budget
+            task.capturer.pipeline.retry_pending([snap["id"] for snap in left])
+            task.capturer.flush(remaining)
+            left = [snap for snap in task.store.catalog.pending_snapshots()
+                    if snap["owner"] == OWNER]
         if left:
             log.warning(
                 "clearml-hooks: %d snapshot(s) of task %s are still pending after %.0f s; they "

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("clearml_hooks")
 
 CHUNK = 1 << 20
+RETRIES = 3  # background retries of a snapshot whose storing failed (unreachable object store)
+RETRY_DELAY = 5.0  # seconds before the first retry; x4 each time
 FICLONE = 0x40049409  # linux/fs.h
 
 
@@ -187,6 +189,7 @@ class Pipeline:
         self._outstanding = 0
         self._idle = threading.Condition(self._lock)
         self._pid = os.getpid()
+        self._attempts: dict[str, int] = {}
 
     def _reset_after_fork(self) -> None:
         """A forked child inherits the queue and locks mid-use by threads it does not have."""
@@ -219,6 +222,8 @@ class Pipeline:
                 else:
                     self.finish_snapshot(job)
             except Exception:
+                if isinstance(job, str):
+                    self._retry_later(job)
                 try:
                     contract.agent_error("storing a snapshot in the background")
                 except Exception:
@@ -228,6 +233,22 @@ class Pipeline:
                     self._outstanding -= 1
                     if self._outstanding == 0:
                         self._idle.notify_all()
+
+    def _retry_later(self, snapshot_id: str) -> None:
+        """An unreachable object store is usually back soon: try again while we live (the
+        snapshot stays pending in the catalog meanwhile, for the next process or ``sync``)."""
+        attempt = self._attempts.get(snapshot_id, 0) + 1
+        self._attempts[snapshot_id] = attempt
+        if attempt > RETRIES:
+            return
+        timer = threading.Timer(RETRY_DELAY * 4 ** (attempt - 1), self.submit, args=(snapshot_id,))
+        timer.daemon = True
+        timer.start()
+
+    def retry_pending(self, snapshot_ids: list[str]) -> None:
+        """Submit again snapshots of ours that are still pending (a last try at exit)."""
+        for snapshot_id in snapshot_ids:
+            self.submit(snapshot_id)
 
     def outstanding(self) -> int:
         if self._pid != os.getpid():

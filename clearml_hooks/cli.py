@@ -452,6 +452,12 @@ def ui(ctx: click.Context, host: str, port: int, home: str | None) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("clearml_hooks.ui").addHandler(handler)
     logging.getLogger("clearml_hooks.ui").setLevel(logging.INFO)
+    import signal
+
+    # Ctrl-C and SIGTERM stop the server even where SIGINT was inherited as ignored (a
+    # background job of a non-interactive shell), in which case Python installs no handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     click.echo(f"clearml-hooks model table on {server.url} (Ctrl-C to stop)")
     sys.stdout.flush()
     try:

@@ -349,3 +349,40 @@ def test_forked_ddp_rank_zero_captures_and_other_ranks_do_not(tmp_path):
     out = run_script(script, str(port), env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "['rank0.pt']"
+
+
+def test_recovery_removes_abandoned_staging_but_keeps_pending(tmp_path, monkeypatch):
+    store_dir = tmp_path / "store"
+    monkeypatch.setenv("CLEARML_HOOKS_OFFLINE", "1")
+    with Task.init(project_name="p", task_name="orphans", output_uri=str(store_dir)):
+        torch.save({"w": 1}, tmp_path / "pending.pt")  # journaled, left pending (offline)
+    staging = store_dir / "staging"
+    orphan = staging / "deadbeef"  # linked by a process killed before it journaled
+    orphan.mkdir()
+    (orphan / "m.pt").write_bytes(b"x")
+    old = os.stat(orphan).st_mtime - 7200
+    os.utime(orphan, (old, old))
+    pending_dirs = [p for p in staging.iterdir() if p != orphan]
+    assert len(pending_dirs) == 1
+    for p in pending_dirs:
+        os.utime(p, (old, old))
+    removed = Pipeline(_open(store_dir)).remove_orphan_staging()
+    assert removed == [str(orphan)]
+    assert [p for p in staging.iterdir()] == pending_dirs
+
+
+def test_an_older_catalog_gets_indexes_added_later(tmp_path):
+    import sqlite3
+
+    store_dir = tmp_path / "store"
+    _open(store_dir)
+    db = sqlite3.connect(store_dir / "catalog.db")
+    db.execute("DROP INDEX ix_models_updated")
+    db.commit()
+    db.close()
+    from clearml_hooks.store.catalog import SqlCatalog
+
+    SqlCatalog("sqlite:///" + str(store_dir / "catalog.db"))
+    db = sqlite3.connect(store_dir / "catalog.db")
+    names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "ix_models_updated" in names

@@ -108,6 +108,7 @@ class SqlCatalog:
             try:
                 with self.write() as conn:
                     s.metadata.create_all(conn, checkfirst=True)
+                    _create_missing_indexes(conn)
                     row = conn.execute(select(s.info.c.value).where(s.info.c.key == "schema")).first()
                     if row is None:
                         conn.execute(s.info.insert().values(key="schema", value=str(s.SCHEMA_VERSION)))
@@ -362,3 +363,15 @@ class SqlCatalog:
                 .where(s.models.c.id == model_id)).mappings().first()
             return dict(row) if row else None
 
+
+def _create_missing_indexes(conn: Connection) -> None:
+    """``create_all`` skips tables that exist; indexes added in a later release are created
+    here, so an older catalog gets them (new tables come from ``create_all`` itself)."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    for table in s.metadata.sorted_tables:
+        existing = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in existing:
+                index.create(conn, checkfirst=True)

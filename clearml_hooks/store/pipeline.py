@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("clearml_hooks")
 
 CHUNK = 1 << 20
+ORPHAN_AGE = 3600.0  # seconds before an unjournaled staging folder counts as abandoned
 RETRIES = 3  # background retries of a snapshot whose storing failed (unreachable object store)
 RETRY_DELAY = 5.0  # seconds before the first retry; x4 each time
 FICLONE = 0x40049409  # linux/fs.h
@@ -323,7 +324,32 @@ class Pipeline:
             if catalog.claim_snapshot(snap["id"], snap["owner"], OWNER) and self.finish_snapshot(
                     snap["id"]):
                 done.append(snap["id"])
+        self.remove_orphan_staging()
         return done
+
+    def remove_orphan_staging(self, min_age: float = ORPHAN_AGE) -> list[str]:
+        """Staging folders no pending snapshot points at (a crash between the hard link and the
+        journal), once they are older than any save in progress could be."""
+        import shutil
+
+        root = self.store.staging_root
+        try:
+            names = os.listdir(root)
+        except OSError:
+            return []
+        referenced = {os.path.basename(snap["staging"] or "")
+                      for snap in self.store.catalog.pending_snapshots()}
+        removed = []
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                old = time.time() - os.lstat(path).st_mtime > min_age
+            except OSError:
+                continue
+            if name not in referenced and old:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
 
     # -- loads ----------------------------------------------------------------------------------
 

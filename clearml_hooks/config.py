@@ -87,6 +87,8 @@ class Settings:
         """``output_uri``: a folder is the store home; a remote URL is where bytes go."""
         file_values = _read_config_file()
         blob_url = None
+        if isinstance(output_uri, bool):  # ClearML's output_uri=True: "the default storage"
+            output_uri = None
         if output_uri:
             output_uri = os.fspath(output_uri)
             if "://" in output_uri and not output_uri.startswith("file://"):

@@ -95,3 +95,10 @@ def test_bad_output_uri_scheme_is_a_clear_error(store_dir):
     with pytest.raises(ValueError, match="ftpx"):
         Task.init(project_name="p", task_name="t", output_uri="ftpx://host/models")
     assert Task.current_task() is None
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_output_uri_true_means_the_default_store(value, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(tmp_path / "home-store"))
+    with Task.init(project_name="p", task_name="t", output_uri=value) as task:
+        assert task.store.home == str(tmp_path / "home-store")

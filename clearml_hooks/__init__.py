@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Task", "Model", "InputModel", "OutputModel", "__version__"]
+__all__ = ["Task", "Model", "InputModel", "OutputModel", "Logger", "__version__"]
 
 _LAZY = {
     "Task": "clearml_hooks.task",
     "Model": "clearml_hooks.models",
     "InputModel": "clearml_hooks.models",
     "OutputModel": "clearml_hooks.models",
+    "Logger": "clearml_hooks.logger",
 }
 
 if TYPE_CHECKING:
+    from clearml_hooks.logger import Logger
     from clearml_hooks.models import InputModel, Model, OutputModel
     from clearml_hooks.task import Task
 

@@ -19,6 +19,7 @@ from clearml_hooks.hooks.selection import FRAMEWORK_KEYS, parse_auto_connect
 from clearml_hooks.task_registry import TaskRegistryMixin
 
 if TYPE_CHECKING:
+    from clearml_hooks.logger import Logger
     from clearml_hooks.store import Store
     from clearml_hooks.store.pipeline import Capturer
 
@@ -73,6 +74,7 @@ class Task(TaskRegistryMixin):
         self.settings = settings
         self.closed = False
         self.inert = False
+        self._logger: Logger | None = None
         self._created = threading.Event()
 
     # -- ClearML's class API ------------------------------------------------------------------
@@ -222,6 +224,15 @@ class Task(TaskRegistryMixin):
 
     def get_last_iteration(self) -> int:
         return self.capturer.iteration or 0
+
+    def get_logger(self) -> Logger:
+        """ClearML's logger: ``report_scalar(..., iteration=n)`` sets the iteration recorded
+        with the snapshots saved afterwards."""
+        if self._logger is None:
+            from clearml_hooks.logger import Logger
+
+            self._logger = Logger(self)
+        return self._logger
 
     @property
     def capture_stats(self) -> dict[str, int]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.config import Settings, lookup
 from clearml_hooks.hooks.selection import FRAMEWORK_KEYS, parse_auto_connect
+from clearml_hooks.task_compat import TaskCompatMixin
 from clearml_hooks.task_registry import TaskRegistryMixin
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class TaskTypes:
     custom = "custom"
 
 
-class Task(TaskRegistryMixin):
+class Task(TaskRegistryMixin, TaskCompatMixin):
     """A run of training code whose models are captured and registered."""
 
     TaskTypes = TaskTypes

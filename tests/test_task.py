@@ -102,3 +102,18 @@ def test_output_uri_true_means_the_default_store(value, tmp_path, monkeypatch):
     monkeypatch.setenv("CLEARML_HOOKS_HOME", str(tmp_path / "home-store"))
     with Task.init(project_name="p", task_name="t", output_uri=value) as task:
         assert task.store.home == str(tmp_path / "home-store")
+
+
+def test_clearml_task_methods_scripts_call_do_not_fail(task, tmp_path):
+    params = {"lr": 0.1, "epochs": 3}
+    assert task.connect(params) is params
+    config = {"layers": [64, 64]}
+    assert task.connect_configuration(config, name="model") is config
+    task.set_parameters({"batch": 32}, dropout=0.5)
+    assert task.get_parameters()["batch"] == 32 and task.get_parameter("dropout") == 0.5
+    task.add_tags(["sweep", "resnet"])
+    assert {"sweep", "resnet"} <= set(task.get_tags())
+    assert "sweep" in task.store.catalog.get_task(task.id)["tags"]
+    assert task.upload_artifact("stats", {"a": 1}) is True
+    task.execute_remotely(queue_name="default")
+    Task.add_requirements("torch", "2.13.0")

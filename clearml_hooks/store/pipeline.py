@@ -288,9 +288,17 @@ class Pipeline:
                 catalog.fail_snapshot(snapshot_id, f"staged file {staged} is missing")
                 return False
             if local_root is not None:
-                tmp = os.path.join(local_root, f".incoming-{snapshot_id}-{len(stored)}")
-                sha, size = hash_and_copy(staged, tmp)
-                blobs.put(tmp, sha, move=True)
+                sha, size = hash_and_copy(staged, None)
+                if not blobs.exists(sha):  # identical bytes already stored: no copy at all
+                    # copy and hash in one pass, so the blob's bytes are the ones hashed
+                    tmp = os.path.join(local_root, f".incoming-{snapshot_id}-{len(stored)}")
+                    copied_sha, size = hash_and_copy(staged, tmp)
+                    if copied_sha != sha:
+                        os.unlink(tmp)
+                        catalog.fail_snapshot(snapshot_id, f"{f['relpath']} changed while it "
+                                              "was stored")
+                        return False
+                    blobs.put(tmp, sha, move=True)
             else:
                 sha, size = hash_and_copy(staged, None)
                 blobs.put(staged, sha, move=False)

@@ -371,14 +371,9 @@ def _after_fork_in_child() -> None:
     threading.Thread(target=await_parent, name="clearml-hooks-task", daemon=True).start()
 
 
-def _before_fork() -> None:
-    task = Task._current
-    if task is not None:
-        task._created.wait(10.0)  # the registration thread's catalog write, bounded
-
-
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    # (the bounded waits before a fork are in clearml_hooks.store._before_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _at_exit() -> None:

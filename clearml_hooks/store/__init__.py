@@ -7,6 +7,7 @@ SQLAlchemy or fsspec (~250 ms together); anything that needs them waits on ``rea
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -118,13 +119,39 @@ def _after_fork_in_child() -> None:
 
 
 def _before_fork() -> None:
-    """Let a store that is still opening finish first (bounded): a fork in the middle of the
-    opener thread's imports would leave the child with half-imported modules."""
+    """Make a fork safe for a child that captures (DDP ``ddp_fork`` ranks, and workers when
+    configured), in this order, each bounded: let the task's registration and a store that is
+    still opening finish (a fork mid-import leaves the child with half-imported modules), then
+    hold the catalog lock so no thread is inside the database at the fork."""
+    global _fork_acquired
+    _fork_acquired = False
+    task_module = sys.modules.get("clearml_hooks.task")
+    task = getattr(getattr(task_module, "Task", None), "_current", None)
+    if task is not None:
+        task._created.wait(FORK_WAIT)
     for store in list(_stores.values()):
         store._ready.wait(FORK_WAIT)
+    catalog = sys.modules.get("clearml_hooks.store.catalog")
+    if catalog is not None:
+        _fork_acquired = catalog.acquire_for_fork(FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    catalog = sys.modules.get("clearml_hooks.store.catalog")
+    if catalog is not None:
+        catalog.release_after_fork(_fork_acquired, child=False)
+
+
+def _after_fork_child() -> None:
+    catalog = sys.modules.get("clearml_hooks.store.catalog")
+    if catalog is not None:
+        catalog.release_after_fork(_fork_acquired, child=True)
+    _after_fork_in_child()
 
 
 FORK_WAIT = 10.0
+_fork_acquired = False
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_child)

@@ -24,6 +24,27 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from clearml_hooks.store import schema as s
 
 _NO_LOCK = contextlib.nullcontext()
+
+# Held around every use of a database connection. A fork takes it first (see
+# ``store._before_fork``), so no thread is inside SQLite (whose internal mutexes a child would
+# inherit locked, hanging its first sqlite3.connect) or mid-protocol with PostgreSQL at a fork.
+_FORK_LOCK = threading.RLock()
+
+
+def fork_guard() -> threading.RLock:
+    return _FORK_LOCK
+
+
+def acquire_for_fork(timeout: float) -> bool:
+    return _FORK_LOCK.acquire(timeout=timeout)
+
+
+def release_after_fork(acquired: bool, *, child: bool) -> None:
+    global _FORK_LOCK
+    if child:
+        _FORK_LOCK = threading.RLock()  # the child starts with no thread inside the catalog
+    elif acquired:
+        _FORK_LOCK.release()
 _INSERT_SNAPSHOT = s.snapshots.insert()
 _INSERT_FILE = s.snapshot_files.insert()
 
@@ -84,7 +105,7 @@ class SqlCatalog:
         # threads of one process queue on a lock, not in SQLite's busy handler (which sleeps
         # up to 100 ms per collision); other processes still queue in SQLite
         lock = self._write_lock if self.is_sqlite else _NO_LOCK
-        with lock:
+        with fork_guard(), lock:
             conn = self.engine.connect()
             conn.info["write"] = True
             try:
@@ -96,7 +117,7 @@ class SqlCatalog:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with fork_guard(), self.engine.connect() as conn:
             yield conn
 
     def _create_schema(self) -> None:

@@ -12,6 +12,10 @@ from typing import Any
 
 DEFAULT_EXIT_TIMEOUT = 120.0
 
+# URL schemes of the blob stores this package registers (pyproject entry points); a third
+# party can add more through the ``clearml_hooks.blob_stores`` group
+BUILTIN_BLOB_SCHEMES = ("file", "s3", "gs", "az", "abfs", "memory")
+
 SETTINGS_DOC: dict[str, str] = {
     "home": "store directory of the embedded store (catalog.db, blobs/, staging/); default ~/.clearml-hooks",
     "catalog_url": "SQLAlchemy URL of the catalog; default sqlite:///<home>/catalog.db",

@@ -636,12 +636,6 @@ def _zip_folder(folder: str, force: bool) -> str:
     return target
 
 
-def _supported_schemes() -> list[str]:
-    from importlib.metadata import entry_points
-
-    return sorted({"file", *(ep.name for ep in entry_points(group="clearml_hooks.blob_stores"))})
-
-
 def _normalize_url(url: Any) -> str:
     """``file://`` + absolute path for local files; remote URLs must use a scheme the store has."""
     if url is None or (isinstance(url, str) and not url.strip()):
@@ -652,7 +646,9 @@ def _normalize_url(url: Any) -> str:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "file":
         return "file://" + os.path.abspath(url[len("file://"):])
-    supported = _supported_schemes()
+    from clearml_hooks.store.blobs import supported_schemes
+
+    supported = supported_schemes()
     if scheme not in supported:
         raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}; supported: "
                          + ", ".join(supported) + " (or a local path)")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from clearml_hooks.config import Settings, lookup
+from clearml_hooks.config import BUILTIN_BLOB_SCHEMES, Settings, lookup
 from clearml_hooks.hooks.selection import FRAMEWORK_KEYS, parse_auto_connect
 from clearml_hooks.task_compat import TaskCompatMixin
 from clearml_hooks.task_registry import TaskRegistryMixin
@@ -308,7 +308,7 @@ def _check_output_uri(output_uri: Any) -> None:
     uri = os.fspath(output_uri)
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
-        if scheme not in ("file", "s3", "gs", "az", "abfs", "memory"):
+        if scheme not in BUILTIN_BLOB_SCHEMES:
             from clearml_hooks.store.blobs import open_blob_store
 
             open_blob_store(uri)  # raises a clear ValueError for an unknown scheme

@@ -263,13 +263,11 @@ class Registry:
 
     def _instrument_binding(self, key: str) -> None:
         binding = self.bindings[key]
-        off = disabled_by_env()
-        selection = self.selection or {}
         hooks = self.hooks[key]
         wanted = []
         for hook in hooks:
-            spec = spec_for(selection, binding.keys_for_filter(hook.target))
-            if spec is False or "*" in off or any(k in off for k in binding.keys_for_filter(hook.target)):
+            spec = self._spec(binding, hook)
+            if spec is False:
                 continue
             hook.filter = compile_filter(spec if isinstance(spec, tuple) else None)
             wanted.append(hook)
@@ -326,17 +324,18 @@ class Registry:
                 for hook in hooks:
                     t = hook.target
                     if name == t.module or any(a.split(":", 1)[0] == name for a in t.aliases):
-                        if hook.filter is not None and self._selected(key, hook):
+                        if self._spec(self.bindings[key], hook) is not False:
                             self._apply(hook)
             self._fresh.pop(name, None)
 
-    def _selected(self, key: str, hook: Hook) -> bool:
-        binding = self.bindings[key]
+    def _spec(self, binding: type[Binding], hook: Hook) -> tuple[str, ...] | None | bool:
+        """The user's spec for a hook: False when switched off (by the selection or by
+        ``CLEARML_HOOKS_DISABLED``), else None (everything) or its wildcards."""
         keys = binding.keys_for_filter(hook.target)
         off = disabled_by_env()
         if "*" in off or any(k in off for k in keys):
             return False
-        return spec_for(self.selection or {}, keys) is not False
+        return spec_for(self.selection or {}, keys)
 
     def _module(self, name: str) -> Any:
         return self._fresh.get(name) or _loaded(name)

@@ -7,28 +7,11 @@ Stores are found by URL scheme through the ``clearml_hooks.blob_stores`` entry-p
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from typing import Any, Protocol
 
 CHUNK = 1 << 20
-
-
-def sha256_file(path: str) -> tuple[str, int]:
-    """Stream a file through sha256 in 1 MiB chunks (memory stays flat for any size)."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            size += n
-    return h.hexdigest(), size
 
 
 class BlobStore(Protocol):
@@ -178,7 +161,17 @@ def open_blob_store(url: str) -> BlobStore:
                 cls = ep.load()
                 break
     if cls is None:
-        known = sorted({"file", "s3", "gs", "az", "abfs", "memory"})
         raise ValueError(f"unsupported storage URL scheme {scheme!r} in {url!r}; supported: "
-                         + ", ".join(known) + " (or install a package that registers it)")
+                         + ", ".join(supported_schemes())
+                         + " (or install a package that registers it)")
     return cls(url)
+
+
+def supported_schemes() -> list[str]:
+    """Every scheme a blob store is registered for (built-in and third-party)."""
+    from importlib.metadata import entry_points
+
+    from clearml_hooks.config import BUILTIN_BLOB_SCHEMES
+
+    return sorted({*BUILTIN_BLOB_SCHEMES,
+                   *(ep.name for ep in entry_points(group="clearml_hooks.blob_stores"))})

@@ -34,12 +34,17 @@ RETRY_DELAY = 5.0  # seconds before the first retry; x4 each time
 FICLONE = 0x40049409  # linux/fs.h
 
 
-def _process_start() -> str:
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot), which tells a reused pid apart."""
     try:
-        with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+        with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except OSError:
-        return str(int(time.time()))
+    except (OSError, IndexError):
+        return None
+
+
+def _process_start() -> str:
+    return _start_time(os.getpid()) or str(int(time.time()))
 
 
 HOST = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
@@ -66,11 +71,9 @@ def owner_alive(owner: str | None) -> bool:
         return False
     if host != HOST:
         return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode() == start
-    except (OSError, IndexError):
-        pass
+    started = _start_time(pid)
+    if started is not None:
+        return started == start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

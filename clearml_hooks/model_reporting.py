@@ -6,9 +6,10 @@ needs ``self._store`` (for the catalog) and ``self._id``.
 - Scalars go to ``model_scalars``, one row per (model, title, series, iteration). Reporting the
   same point again replaces it, as ClearML's event ids do. A single value is what ClearML makes of
   it: a scalar titled ``"Summary"`` at iteration ``-2**31``.
-- Plots keep their plain data (numbers, labels, axis titles) as JSON in ``model_plots``, not a
-  rendered plotly figure, under a ``kind`` (``histogram``, ``table``, ``line``, ``scatter2d``,
-  ``scatter3d``, ``confusion_matrix``, ``surface``).
+- Plots are stored as the plotly figure ClearML makes of them (``plot_figures``: ``data_args``
+  and ``extra_layout`` merged in), as JSON in ``model_plots`` under a ``kind`` (``histogram``,
+  ``table``, ``line``, ``scatter2d``, ``scatter3d``, ``confusion_matrix``, ``surface``). Rows of
+  release 0.1 hold plain data instead; readers convert them on the fly (``as_figure``).
 - Every report is one statement (an INSERT ... ON CONFLICT DO UPDATE) in one short transaction,
   cheap enough for a training loop. Arguments are checked before anything is written, so a call
   that raises ``ValueError`` leaves the store as it was.
@@ -29,6 +30,8 @@ import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from clearml_hooks.plot_figures import as_figure, figure_for
 
 if TYPE_CHECKING:
     from clearml_hooks.store.catalog import SqlCatalog
@@ -422,9 +425,12 @@ class ModelReporting:
     # -- plots ------------------------------------------------------------------------------------
 
     def _report_plot(self, title: Any, series: Any, iteration: Any, kind: str, data: dict) -> None:
-        add_plot(self._store.catalog, self._id, _name(title, "title"),
-                 _name(series, "series", allow_empty=True), _iteration(iteration, default=0),
-                 kind, data)
+        """Store the report as the plotly figure ClearML would make of it (``plot_figures``)."""
+        title = _name(title, "title")
+        series = _name(series, "series", allow_empty=True)
+        iteration = _iteration(iteration, default=0)
+        add_plot(self._store.catalog, self._id, title, series, iteration, kind,
+                 figure_for(kind, title, series, data))
 
     def report_histogram(self, title: str, series: str, values: Sequence[float],
                          iteration: int | None = None, labels: list[str] | None = None,
@@ -604,9 +610,10 @@ class ModelReporting:
 
     def get_reported_plots(self, max_iterations: int | None = None) -> list[dict]:
         """Every plot, oldest iteration first: ``{"metric": title, "variant": series, "iter",
-        "timestamp" (ms), "type": "plot", "model": id, "kind", "data"}``, the keys of ClearML's
-        ``Task.get_reported_plots`` with our plain ``data`` in place of a plotly ``plot_str``.
-        ``max_iterations`` keeps only the plots of the latest that many iterations."""
+        "timestamp" (ms), "type": "plot", "model": id, "kind", "plot_str", "figure"}``, the keys
+        of ClearML's ``Task.get_reported_plots`` (``plot_str``: the plotly figure as JSON) plus
+        the figure as a dict. ``max_iterations`` keeps only the plots of the latest that many
+        iterations."""
         rows = plot_rows(self._store.catalog, self._id)
         if max_iterations is not None:
             if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) \
@@ -614,6 +621,10 @@ class ModelReporting:
                 raise ValueError("max_iterations must be a positive integer or None")
             keep = set(sorted({r["iteration"] for r in rows})[-max_iterations:])
             rows = [r for r in rows if r["iteration"] in keep]
-        return [{"metric": r["title"], "variant": r["series"], "iter": r["iteration"],
-                 "timestamp": int(r["created"] * 1000), "type": "plot", "model": self._id,
-                 "kind": r["kind"], "data": json.loads(r["data"])} for r in rows]
+        out = []
+        for r in rows:
+            figure = as_figure(r["kind"], r["title"], r["series"], r["data"])
+            out.append({"metric": r["title"], "variant": r["series"], "iter": r["iteration"],
+                        "timestamp": int(r["created"] * 1000), "type": "plot", "model": self._id,
+                        "kind": r["kind"], "plot_str": json.dumps(figure), "figure": figure})
+        return out

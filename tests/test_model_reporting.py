@@ -97,7 +97,7 @@ def test_numpy_and_torch_values_when_installed(task):
     m.report_scalar("t", "np", np.float32(0.5), np.int64(3))
     m.report_histogram("h", "s", np.arange(4), iteration=np.int32(1))
     assert m.get_reported_scalars()["t"]["np"] == {"name": "np", "x": [3], "y": [0.5]}
-    assert m.get_reported_plots()[0]["data"]["values"] == [0, 1, 2, 3]
+    assert m.get_reported_plots()[0]["figure"]["data"][0]["y"] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("call, message", [
@@ -177,33 +177,44 @@ def test_plots_round_trip(task, tmp_path):
     assert [p["iter"] for p in plots] == sorted(p["iter"] for p in plots)
     assert all(p["type"] == "plot" and p["model"] == m.id for p in plots)
 
+    def fig(key):
+        p = by_key[key]
+        assert json.loads(p["plot_str"]) == p["figure"]  # ClearML's plot_str is the figure
+        return p["figure"]
+
     hist = by_key["hist", "one", 1]
     assert hist["kind"] == "histogram"
-    assert hist["data"]["values"] == [1, 2, 3] and hist["data"]["xlabels"] == ["a", "b", "c"]
-    assert hist["data"]["mode"] == "group" and hist["data"]["xaxis"] == "bucket"
-    vec = by_key["hist", "two", 0]["data"]
-    assert vec["values"] == [[1, 2], [3, 4]] and vec["mode"] == "stack"
-    table = by_key["table", "rows", 2]["data"]
-    assert table["columns"] == ["model", "mAP"] and table["rows"] == [["n", 28.0], ["s", None]]
-    assert by_key["table", "csv", 0]["data"]["rows"][0][0] == "yolo-n"
+    (bar,) = fig(("hist", "one", 1))["data"]
+    assert bar["type"] == "bar" and bar["y"] == [1, 2, 3] and bar["x"] == ["a", "b", "c"]
+    layout = fig(("hist", "one", 1))["layout"]
+    assert layout["barmode"] == "group" and layout["xaxis"]["title"]["text"] == "bucket"
+    vec = fig(("hist", "two", 0))
+    assert [t["y"] for t in vec["data"]] == [[1, 2], [3, 4]] and vec["layout"]["barmode"] == "stack"
+    assert [t["name"] for t in vec["data"]] == ["x", "y"]
+    (table,) = fig(("table", "rows", 2))["data"]
+    assert table["type"] == "table" and table["header"]["values"] == ["model", "mAP"]
+    assert table["cells"]["values"] == [["n", "s"], [28.0, None]]
+    assert fig(("table", "csv", 0))["data"][0]["cells"]["values"][0][0] == "yolo-n"
     line = by_key["accuracy", "", 3]
     assert line["kind"] == "line"
-    assert line["data"]["series"] == [
-        {"name": "train", "data": [[0, 0.3], [1, 0.5]], "labels": None},
-        {"name": "val", "data": [[0, 0.2], [1, 0.4]], "labels": ["e0", "e1"]}]
-    assert line["data"]["extra_layout"] == {"height": 600} and line["data"]["comment"] == "c"
-    assert by_key["scatter", "pts", 0]["data"]["points"] == [[0, 1], [1, None]]
-    assert by_key["scatter3", "pts", 0]["data"]["points"] == [[0, 1, 2]]
+    assert [(t["name"], t["x"], t["y"], t["text"]) for t in line["figure"]["data"]] == [
+        ("train", [0, 1], [0.3, 0.5], None), ("val", [0, 1], [0.2, 0.4], ["e0", "e1"])]
+    assert line["figure"]["layout"]["height"] == 600  # extra_layout merged in
+    assert line["figure"]["layout"]["title"]["text"] == "accuracy<br><sup>c</sup>"
+    (scatter,) = fig(("scatter", "pts", 0))["data"]
+    assert scatter["x"] == [0, 1] and scatter["y"] == [1, None] and scatter["mode"] == "markers"
+    assert fig(("scatter3", "pts", 0))["data"][0]["z"] == [2]
     cm = by_key["cm", "val", 3]
     assert cm["kind"] == "confusion_matrix"
-    assert cm["data"]["matrix"] == [[5, 1], [2, 7]] and cm["data"]["yaxis_reversed"] is True
+    assert cm["figure"]["data"][0]["z"] == [[5, 1], [2, 7]]
+    assert cm["figure"]["layout"]["yaxis"]["autorange"] == "reversed"
     assert by_key["cm", "train", 0]["kind"] == "confusion_matrix"
-    assert by_key["surface", "s", 0]["data"]["camera"] == [1, 1, 1]
+    assert fig(("surface", "s", 0))["layout"]["scene"]["camera"]["eye"] == {"x": 1, "y": 1, "z": 1}
 
     # the same (title, series, iteration) again replaces the plot
     m.report_confusion_matrix("cm", "val", [[9, 0], [0, 9]], iteration=3)
     again = {(p["metric"], p["variant"], p["iter"]): p for p in m.get_reported_plots()}
-    assert again["cm", "val", 3]["data"]["matrix"] == [[9, 0], [0, 9]]
+    assert again["cm", "val", 3]["figure"]["data"][0]["z"] == [[9, 0], [0, 9]]
     assert len(again) == len(by_key)
     assert {p["iter"] for p in m.get_reported_plots(max_iterations=1)} == {3}
 
@@ -213,9 +224,9 @@ def test_dataframe_table_when_pandas_is_installed(task):
     m = OutputModel(name="frame")
     df = pd.DataFrame({"size": [640, 1280], "mAP": [28.0, float("nan")]}, index=["n", "x"])
     m.report_table("Summary Table", "Comparison", iteration=0, table_plot=df)
-    data = m.get_reported_plots()[0]["data"]
-    assert data["columns"] == ["", "size", "mAP"]
-    assert data["rows"] == [["n", 640, 28.0], ["x", 1280, None]]
+    (table,) = m.get_reported_plots()[0]["figure"]["data"]
+    assert table["header"]["values"] == ["", "size", "mAP"]
+    assert table["cells"]["values"] == [["n", "x"], [640, 1280], [28.0, None]]
 
 
 def test_every_model_class_reports(task, tmp_path):
@@ -315,7 +326,7 @@ def test_reports_on_postgres(team_store):
         assert m.get_last_scalar_metrics()["loss"]["train"] == {"last": 0.2, "min": 0.2, "max": 1.0}
         assert m.get_reported_single_values() == {"mAP": 0.75}
         plots = m.get_reported_plots()
-        assert len(plots) == 1 and plots[0]["data"]["matrix"] == [[4, 3], [2, 1]]
+        assert len(plots) == 1 and plots[0]["figure"]["data"][0]["z"] == [[4, 3], [2, 1]]
 
         assert Model.remove(m.id)
         assert _count(task.store, s.model_scalars, m.id) == 0

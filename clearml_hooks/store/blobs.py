@@ -1,23 +1,43 @@
 """Content-addressed blob stores: bytes named by their sha256, so identical snapshots are stored once.
 
-``LocalBlobStore`` is the embedded default (a folder; a staged file is *moved* in, no copy).
-``FsspecBlobStore`` serves any fsspec URL (``s3://``, ``gs://``, ``az://``, ``memory://``).
-Stores are found by URL scheme through the ``clearml_hooks.blob_stores`` entry-point group.
+``LocalBlobStore`` is the embedded default (a folder). ``FsspecBlobStore`` serves any fsspec URL
+(``s3://``, ``gs://``, ``az://``, ``memory://``). Stores are found by URL scheme through the
+``clearml_hooks.blob_stores`` entry-point group.
+
+Invariant of both: the object under a sha256 key has that sha256. Bytes are hashed while they are
+written to a temporary name unique per process and call, and only then renamed (local) or
+server-side copied (remote) to their key, so a source rewritten mid-read can never leave bytes
+under a key they do not hash to. ``fetch`` verifies too: a truncated or flipped blob is an error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
-from typing import Any, Protocol
+import stat
+import time
+import uuid
+from typing import Any, BinaryIO, Protocol
+
+from clearml_hooks.store.safe_paths import check_sha256
 
 CHUNK = 1 << 20
+INCOMING = ".incoming"  # temp names start with this (local: files in the root; remote: a prefix)
+DEFAULT_S3_CONNECT_TIMEOUT = 10.0
+DEFAULT_S3_READ_TIMEOUT = 30.0
+S3_MAX_ATTEMPTS = 2  # botocore attempts per call; s3fs's own retry loop is switched off
+
+
+class BlobMismatch(ValueError):
+    """Bytes that do not hash to the sha256 they are stored or fetched under."""
 
 
 class BlobStore(Protocol):
     url: str
 
     def exists(self, sha: str) -> bool: ...
+
+    def store_stream(self, fileobj: BinaryIO) -> tuple[str, int]: ...
 
     def put(self, local_path: str, sha: str, *, move: bool) -> None: ...
 
@@ -29,9 +49,72 @@ class BlobStore(Protocol):
 
     def writable(self) -> None: ...
 
+    def sweep_incoming(self, older_than: float = 86400.0) -> int: ...
+
+
+def temp_name(prefix: str = INCOMING) -> str:
+    """A temporary name unique per process and per call, so two writers never share one."""
+    return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex}"
+
 
 def _key(sha: str) -> str:
+    check_sha256(sha)
     return f"{sha[:2]}/{sha}"
+
+
+def copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
+    """Copy ``src`` to ``dst`` in 1 MiB chunks, hashing exactly the bytes written."""
+    digest = hashlib.sha256()
+    size = 0
+    while True:
+        chunk = src.read(CHUNK)
+        if not chunk:
+            return digest.hexdigest(), size
+        digest.update(chunk)
+        dst.write(chunk)
+        size += len(chunk)
+
+
+def sha256_of(path: str) -> tuple[str, int]:
+    """sha256 and size of a local file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _mismatch(sha: str, got: str, size: int, where: str) -> BlobMismatch:
+    return BlobMismatch(f"blob {sha} in {where} is corrupt: its {size} bytes hash to {got}")
+
+
+def _not_put(path: str, sha: str, got: str, size: int) -> BlobMismatch:
+    return BlobMismatch(f"{path} was not stored: it was given as sha256 {sha}, but its {size} "
+                        f"bytes hash to {got} (did it change after it was hashed?)")
+
+
+def receive(src: BinaryIO, sha: str, dest: str, where: str) -> int:
+    """Stream ``src`` to a unique temp beside ``dest``; replace ``dest`` only if it hashes to ``sha``."""
+    tmp = os.path.join(os.path.dirname(dest) or ".", temp_name(".fetch"))
+    try:
+        with open(tmp, "xb") as out:
+            got, size = copy_hashing(src, out)
+        if got != sha:
+            raise _mismatch(sha, got, size, where)
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    return size
 
 
 class LocalBlobStore:
@@ -43,57 +126,131 @@ class LocalBlobStore:
         os.makedirs(self.root, exist_ok=True)
 
     def path_for(self, sha: str) -> str:
-        return os.path.join(self.root, sha[:2], sha)
+        return os.path.join(self.root, _key(sha))
 
     def exists(self, sha: str) -> bool:
         return os.path.exists(self.path_for(sha))
 
+    def store_stream(self, fileobj: BinaryIO) -> tuple[str, int]:
+        """Read ``fileobj`` once, hashing while writing a temp; rename it to its sha's key."""
+        return self._store(fileobj, None)
+
+    def _store(self, fileobj: BinaryIO, expect: str | None) -> tuple[str, int]:
+        tmp = os.path.join(self.root, temp_name())
+        try:
+            with open(tmp, "xb") as out:
+                sha, size = copy_hashing(fileobj, out)
+            if expect is not None and sha != expect:
+                raise _not_put(getattr(fileobj, "name", "a file"), expect, sha, size)
+            self._commit(tmp, sha, size)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        return sha, size
+
+    def _commit(self, tmp: str, sha: str, size: int) -> None:
+        """Rename a verified temp to its key; an existing blob of the same size is kept."""
+        dest = self.path_for(sha)
+        try:
+            if os.path.getsize(dest) == size:  # a truncated blob is replaced, not trusted
+                os.unlink(tmp)
+                return
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(tmp, dest)
+
     def put(self, local_path: str, sha: str, *, move: bool) -> None:
+        """Store a local file under ``sha``; ``BlobMismatch`` (a ValueError) if it hashes otherwise.
+
+        Kept for callers that hashed first; ``store_stream`` does it in one read.
+        ``move``: the file is the caller's private copy and is gone afterwards.
+        """
         dest = self.path_for(sha)
         if os.path.exists(dest):
             if move:
                 os.unlink(local_path)
             return
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if move:
-            try:
-                os.replace(local_path, dest)  # atomic, same filesystem: no bytes copied
-                return
-            except OSError:
-                pass
-        tmp = f"{dest}.{os.getpid()}.tmp"
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, dest)
+        if move and self._move_in(local_path, sha):
+            return
+        with open(local_path, "rb") as f:
+            self._store(f, sha)
         if move:
             os.unlink(local_path)
 
+    def _move_in(self, local_path: str, sha: str) -> bool:
+        """Rename (no copy) a private file into the store, hashing it there; False: copy instead."""
+        st = os.lstat(local_path)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a shared inode can change later
+            return False
+        tmp = os.path.join(self.root, temp_name())
+        try:
+            os.rename(local_path, tmp)
+        except OSError:  # another filesystem
+            return False
+        try:
+            got, size = sha256_of(tmp)
+            if got != sha:
+                raise _not_put(local_path, sha, got, size)
+        except BaseException:
+            os.replace(tmp, local_path)  # put failed: the caller's file is back as it was
+            raise
+        self._commit(tmp, sha, size)
+        return True
+
     def fetch(self, sha: str, dest: str) -> None:
-        tmp = f"{dest}.{os.getpid()}.tmp"
-        shutil.copyfile(self.path_for(sha), tmp)
-        os.replace(tmp, dest)
+        """Copy the blob to ``dest``, verified: ``BlobMismatch`` names the sha if it is corrupt."""
+        with open(self.path_for(sha), "rb") as src:
+            receive(src, sha, dest, self.url)
 
     def url_for(self, sha: str) -> str:
         return "file://" + self.path_for(sha)
 
     def delete(self, sha: str) -> None:
-        try:
-            os.unlink(self.path_for(sha))
-        except FileNotFoundError:
-            pass
+        _unlink_quiet(self.path_for(sha))
 
     def writable(self) -> None:
-        probe = os.path.join(self.root, f".probe-{os.getpid()}")
-        with open(probe, "wb"):
+        probe = os.path.join(self.root, temp_name(".probe"))
+        with open(probe, "xb"):
             pass
         os.unlink(probe)
 
+    def sweep_incoming(self, older_than: float = 86400.0) -> int:
+        """Remove temps that crashed writers left behind (older than ``older_than`` seconds)."""
+        removed = 0
+        cutoff = time.time() - older_than
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name.startswith((INCOMING, ".probe-")) and entry.is_file(
+                        follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    _unlink_quiet(entry.path)
+                    removed += 1
+        return removed
+
+
+def _seconds(name: str, default: float) -> float:
+    from clearml_hooks import config
+
+    raw = config.lookup(name, config._read_config_file(), default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"CLEARML_HOOKS_{name.upper()} must be a number of seconds, "
+                         f"not {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"CLEARML_HOOKS_{name.upper()} must be positive, not {raw!r}")
+    return value
+
 
 def fsspec_options(url: str) -> dict:
-    """Storage options from the environment: S3-compatible endpoints (SeaweedFS, MinIO)."""
+    """Storage options from the settings: S3-compatible endpoints, keys, bounded timeouts."""
     if url.startswith(("s3://", "s3a://")):
         endpoint = os.environ.get("CLEARML_HOOKS_S3_ENDPOINT_URL") or os.environ.get(
             "AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"config_kwargs": {
+            "connect_timeout": _seconds("s3_connect_timeout", DEFAULT_S3_CONNECT_TIMEOUT),
+            "read_timeout": _seconds("s3_read_timeout", DEFAULT_S3_READ_TIMEOUT),
+            "retries": {"max_attempts": S3_MAX_ATTEMPTS},
+        }}
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
         key = os.environ.get("CLEARML_HOOKS_S3_KEY") or os.environ.get("AWS_ACCESS_KEY_ID")
@@ -104,15 +261,47 @@ def fsspec_options(url: str) -> dict:
     return {}
 
 
+def open_fs(url: str, **storage_options: Any) -> tuple[Any, str]:
+    """``fsspec.core.url_to_fs`` with our options; every call is bounded by the timeouts above."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **{**fsspec_options(url), **storage_options})
+    if url.startswith(("s3://", "s3a://")) and hasattr(fs, "retries"):
+        # s3fs retries timeouts 5 more times on top of botocore: a frozen server would hang
+        # a call for minutes. botocore's own attempts (S3_MAX_ATTEMPTS) are the only retries.
+        fs.retries = 1
+    return fs, path
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """A timeout or refused connection: cleanup calls would only wait as long again."""
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    return any("Timeout" in c.__name__ or "EndpointConnection" in c.__name__
+               for c in type(exc).__mro__)
+
+
+def _abandon(out: Any, exc: BaseException) -> None:
+    """Drop a half-written upload: abort it (multipart) and make sure it is never committed,
+    not even by the file object's ``__del__``."""
+    discard = getattr(out, "discard", None)
+    if discard is not None and not _is_unreachable(exc):
+        try:
+            discard()
+        except Exception:
+            pass
+    try:
+        out.closed = True
+    except AttributeError:  # a plain io object: close() has no remote side
+        out.close()
+
+
 class FsspecBlobStore:
     """Blobs under any fsspec URL prefix; uploads and downloads stream, never whole in memory."""
 
     def __init__(self, url: str, **storage_options: Any) -> None:
-        import fsspec
-
         self.url = url.rstrip("/")
-        options = {**fsspec_options(url), **storage_options}
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+        self.fs, self.root = open_fs(self.url, **storage_options)
         self.root = self.root.rstrip("/")
         self.protocol = url.split("://", 1)[0]
 
@@ -122,16 +311,60 @@ class FsspecBlobStore:
     def exists(self, sha: str) -> bool:
         return self.fs.exists(self._path(sha))
 
+    def store_stream(self, fileobj: BinaryIO) -> tuple[str, int]:
+        """Upload ``fileobj`` once to a temp key while hashing; server-side copy it to its key."""
+        return self._store(fileobj, None)
+
+    def _store(self, fileobj: BinaryIO, expect: str | None) -> tuple[str, int]:
+        tmp = f"{self.root}/{INCOMING}/{temp_name('up')}"
+        try:
+            out = self.fs.open(tmp, "wb")
+            try:
+                sha, size = copy_hashing(fileobj, out)
+            except BaseException as exc:
+                _abandon(out, exc)
+                raise
+            out.close()
+            if expect is not None and sha != expect:
+                raise _not_put(getattr(fileobj, "name", "a file"), expect, sha, size)
+            final = self._path(sha)
+            if not self._has(final, size):
+                self.fs.copy(tmp, final)
+        except BaseException as exc:
+            if not _is_unreachable(exc):
+                self._rm_quiet(tmp)
+            raise
+        self._rm_quiet(tmp)
+        return sha, size
+
+    def _has(self, path: str, size: int) -> bool:
+        """The key exists with this size (a truncated object is overwritten, not trusted)."""
+        self.fs.invalidate_cache(path)
+        try:
+            return int(self.fs.info(path).get("size", -1)) == size
+        except FileNotFoundError:
+            return False
+
+    def _rm_quiet(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        except Exception:  # a leftover temp key is swept later, never read as a blob
+            pass
+
     def put(self, local_path: str, sha: str, *, move: bool) -> None:
+        """Upload a local file under ``sha``; ``BlobMismatch`` (a ValueError) if it hashes otherwise."""
         if not self.exists(sha):
-            self.fs.put_file(local_path, self._path(sha))
+            with open(local_path, "rb") as f:
+                self._store(f, sha)
         if move:
             os.unlink(local_path)
 
     def fetch(self, sha: str, dest: str) -> None:
-        tmp = f"{dest}.{os.getpid()}.tmp"
-        self.fs.get_file(self._path(sha), tmp)
-        os.replace(tmp, dest)
+        """Download to ``dest``, verified: ``BlobMismatch`` names the sha if it is corrupt."""
+        with self.fs.open(self._path(sha), "rb") as src:
+            receive(src, sha, dest, self.url)
 
     def url_for(self, sha: str) -> str:
         return f"{self.protocol}://{self._path(sha)}"
@@ -143,9 +376,26 @@ class FsspecBlobStore:
             pass
 
     def writable(self) -> None:
-        probe = f"{self.root}/.probe-{os.getpid()}"
+        probe = f"{self.root}/{temp_name('.probe')}"
         self.fs.pipe_file(probe, b"")
         self.fs.rm_file(probe)
+
+    def sweep_incoming(self, older_than: float = 86400.0) -> int:
+        """Remove temp keys that crashed or cut-off uploads left behind."""
+        folder = f"{self.root}/{INCOMING}"
+        try:
+            entries = self.fs.ls(folder, detail=True, refresh=True)
+        except FileNotFoundError:
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for entry in entries:
+            modified = entry.get("LastModified") or entry.get("mtime") or entry.get("created")
+            when = modified.timestamp() if hasattr(modified, "timestamp") else modified
+            if entry.get("type") == "file" and isinstance(when, (int, float)) and when < cutoff:
+                self._rm_quiet(entry["name"])
+                removed += 1
+        return removed
 
 
 def open_blob_store(url: str) -> BlobStore:

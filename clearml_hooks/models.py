@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from clearml_hooks.store.pipeline import Pipeline
     from clearml_hooks.task import Task
 
+
+
 log = logging.getLogger("clearml_hooks")
 
 # file extension -> framework, for weights registered without a framework (as ClearML guesses)
@@ -407,24 +409,49 @@ class Model(ModelReporting):
                 f["sha256"] and blobs.exists(f["sha256"]) for f in snap["files"]):
             path = _fetch_url(self._store, row["uri"] or "", force)
             return _package_view(self._store, path, row["is_package"], extract, force)
-        source = snap["source_path"] or row["name"]
-        base = os.path.basename(source.rstrip(os.sep)) or "model"
-        folder = os.path.join(self._store.cache_dir, snap["digest"])
         uri = row["uri"] if row["latest_snapshot_id"] == snap_id else None
-        if snap["kind"] == "file":
-            f = snap["files"][0]
-            target = os.path.join(folder, os.path.basename(f["relpath"]) or base)
-            _materialize(self._store, uri, f["sha256"], f["size"], target, force)
-            return _package_view(self._store, target, row["is_package"], extract, force)
-        root = os.path.join(folder, base)
-        for f in snap["files"]:
-            _materialize(self._store, uri, f["sha256"], f["size"], os.path.join(root, f["relpath"]),
-                         force)
-        if snap["kind"] == "files":
-            return os.path.join(root, os.path.basename(source))  # the checkpoint prefix
-        if extract is False:
-            return _zip_folder(root, force)
-        return root
+        return self._cached_snapshot(snap, row, uri, force, extract)
+
+    def _cached_snapshot(self, snap: dict, row: dict, uri: str | None, force: bool,
+                         extract: bool | None) -> str:
+        """The snapshot's files in the cache, each verified against its sha256.
+
+        Every catalog field that names a file is checked first (a tampered row cannot steer a
+        write outside the cache); a cached copy is re-hashed unless it is unchanged since it
+        was last verified.
+        """
+        from clearml_hooks.store.cache_records import CacheRecord
+        from clearml_hooks.store.safe_paths import check_sha256, join_inside, safe_name
+        from clearml_hooks.store.safe_paths import safe_relpath as clean
+
+        mid = self._id
+        what = f"model {mid} version {snap['version']}"
+        digest = check_sha256(snap["digest"], model=mid, what="digest")
+        files = [(clean(f["relpath"], model=mid), check_sha256(f["sha256"], model=mid),
+                  int(f["size"])) for f in snap["files"]]
+        if not files:
+            raise ValueError(f"{what} has no files in the catalog")
+        base = safe_name(snap["source_path"] or row["name"])
+        folder = join_inside(self._store.cache_dir, digest, model=mid)
+        record = CacheRecord(folder + ".verified")
+        try:
+            if snap["kind"] == "file":
+                rel, sha, size = files[0]
+                name = os.path.basename(rel)
+                target = join_inside(folder, name, model=mid)
+                _materialize(self._store, uri, sha, size, target, force, record, name, what)
+                return _package_view(self._store, target, row["is_package"], extract, force)
+            root = join_inside(folder, base, model=mid)
+            for rel, sha, size in files:
+                _materialize(self._store, uri, sha, size, join_inside(root, rel, model=mid),
+                             force, record, os.path.join(base, rel), what)
+            if snap["kind"] == "files":
+                return os.path.join(root, base)  # the checkpoint prefix
+            if extract is False:
+                return _zip_folder(root, force, names=[rel for rel, _, _ in files])
+            return root
+        finally:
+            record.save()
 
     # -- query, remove ----------------------------------------------------------------------------
 
@@ -541,18 +568,52 @@ def _stores_holding(store: Store, uri: str | None) -> list:
 
 
 def _materialize(store: Store, uri: str | None, sha: str, size: int, target: str,
-                 force: bool) -> None:
-    if not force and os.path.exists(target) and os.path.getsize(target) == size:
+                 force: bool, record: Any, key: str, what: str) -> None:
+    """Put the blob's bytes at ``target``, verified against ``sha``.
+
+    A cached copy is trusted only if ``record`` saw it verified and it has not changed since;
+    otherwise it is hashed, and fetched again if it differs. ``what`` names the model version.
+    """
+    from clearml_hooks.store.blobs import BlobMismatch
+
+    if not force and _cached_copy_ok(target, sha, size, record, key):
         return
+    record.forget(key)
+    if os.path.lexists(target) and not os.path.isdir(target):
+        os.unlink(target)  # ours, and wrong: never left where a reader could take it
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    last: Exception | None = None
+    errors: list[Exception] = []
     for blobs in _stores_holding(store, uri):
         try:
-            blobs.fetch(sha, target)
-            return
+            blobs.fetch(sha, target)  # verified while it streams; target replaced only if good
         except Exception as exc:  # try the next store that may hold it
-            last = exc
-    raise ValueError(f"blob {sha} is in none of the blob stores: {last}")
+            errors.append(exc)
+            continue
+        record.mark(key, sha, target)
+        return
+    corrupt = [e for e in errors if isinstance(e, BlobMismatch)]
+    if corrupt:
+        raise ValueError(f"{what}: the stored bytes of {key} do not match their sha256, so "
+                         f"they are not handed out: {corrupt[0]}")
+    raise ValueError(f"{what}: blob {sha} of {key} is in none of the blob stores: "
+                     f"{errors[-1] if errors else 'no store'}")
+
+
+def _cached_copy_ok(target: str, sha: str, size: int, record: Any, key: str) -> bool:
+    """A cached file holds exactly ``sha``: as recorded, or hashed now (unchanged meanwhile)."""
+    from clearml_hooks.store.blobs import sha256_of
+    from clearml_hooks.store.cache_records import stamp
+
+    if record.trusted(key, sha, target):
+        return True
+    before = stamp(target)
+    if before is None or before[0] != size:
+        return False
+    got, _ = sha256_of(target)
+    if got != sha or stamp(target) != before:
+        return False
+    record.set(key, {"sha256": sha, "stamp": before})
+    return True
 
 
 def _fetch_url(store: Store, uri: str, force: bool) -> str:
@@ -564,25 +625,30 @@ def _fetch_url(store: Store, uri: str, force: bool) -> str:
         if not os.path.exists(path):
             raise ValueError(f"the model's file {path} does not exist")
         return path
-    import fsspec
+    from clearml_hooks.store.blobs import open_fs, temp_name
+    from clearml_hooks.store.safe_paths import safe_name
 
-    from clearml_hooks.store.blobs import fsspec_options
-
-    name = os.path.basename(uri.split("?", 1)[0].rstrip("/")) or "model"
+    name = safe_name(uri.split("?", 1)[0])
     folder = os.path.join(store.cache_dir, "remote", hashlib.sha256(uri.encode()).hexdigest()[:32])
     target = os.path.join(folder, name)
     if os.path.exists(target) and not force:
         return target
     os.makedirs(folder, exist_ok=True)
-    fs, remote = fsspec.core.url_to_fs(uri, **fsspec_options(uri))
-    tmp = f"{target}.{os.getpid()}.tmp"
-    if fs.isdir(remote):
-        fs.get(remote.rstrip("/") + "/", tmp, recursive=True)
-    else:
-        fs.get_file(remote, tmp)
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    fs, remote = open_fs(uri)  # bounded timeouts
+    tmp = os.path.join(folder, temp_name(".fetch"))
+    try:
+        if fs.isdir(remote):
+            fs.get(remote.rstrip("/") + "/", tmp, recursive=True)
+        else:
+            fs.get_file(remote, tmp)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.unlink(tmp)
     return target
 
 
@@ -591,48 +657,84 @@ def _package_view(store: Store, path: str, is_package: bool, extract: bool | Non
     """A package that is an archive file is extracted unless ``extract_archive=False``."""
     if not is_package or extract is False or os.path.isdir(path):
         if is_package and extract is False and os.path.isdir(path):
-            return _zip_folder(path, force)
+            return _zip_folder(path, force, dest=_zip_dest(store, path))
         return path
     if not (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
         return path
+    from clearml_hooks.store.blobs import temp_name
+    from clearml_hooks.store.cache_records import CacheRecord, tree_stamps
+
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
     dest = os.path.join(store.cache_dir, "extracted", key[:32])
-    if os.path.isdir(dest) and not force:
+    record = CacheRecord(dest + ".verified")
+    # an extracted tree is reused only while no file in it was changed, added or removed
+    if os.path.isdir(dest) and not force and record.get("tree") == tree_stamps(dest):
         return dest
-    tmp = f"{dest}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = os.path.join(os.path.dirname(dest), temp_name(".extract"))
     os.makedirs(tmp)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            zf.extractall(tmp)  # zipfile drops absolute paths and ".." components
-    else:
-        with tarfile.open(path) as tf:
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(tmp, filter="data")
-            else:  # pragma: no cover - old Pythons: refuse unsafe members ourselves
-                for member in tf.getmembers():
-                    target = os.path.realpath(os.path.join(tmp, member.name))
-                    if not target.startswith(os.path.realpath(tmp) + os.sep):
-                        raise ValueError(f"unsafe path {member.name!r} in {path}")
-                tf.extractall(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                zf.extractall(tmp)  # zipfile drops absolute paths and ".." components
+        else:
+            with tarfile.open(path) as tf:
+                if hasattr(tarfile, "data_filter"):
+                    tf.extractall(tmp, filter="data")
+                else:  # pragma: no cover - old Pythons: refuse unsafe members ourselves
+                    for member in tf.getmembers():
+                        target = os.path.realpath(os.path.join(tmp, member.name))
+                        if not target.startswith(os.path.realpath(tmp) + os.sep) or \
+                                member.issym() or member.islnk():
+                            raise ValueError(f"unsafe member {member.name!r} in {path}")
+                    tf.extractall(tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    record.set("tree", tree_stamps(dest))
+    record.save()
     return dest
 
 
-def _zip_folder(folder: str, force: bool) -> str:
-    """A zip of a package folder (ClearML hands packages out as zip files)."""
-    target = folder.rstrip(os.sep) + ".zip"
-    if os.path.exists(target) and not force:
+def _zip_dest(store: Store, folder: str) -> str:
+    """Where the zip of a folder outside the cache goes: the cache, never beside the user's files."""
+    name = os.path.basename(os.path.abspath(folder)) or "model"
+    key = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:32]
+    return os.path.join(store.cache_dir, "zipped", key, name + ".zip")
+
+
+def _zip_folder(folder: str, force: bool, *, names: Sequence[str] | None = None,
+                dest: str | None = None) -> str:
+    """A zip of a package folder (ClearML hands packages out as zip files).
+
+    ``names``: the files to pack (a snapshot's verified files; default every file). A zip made
+    earlier is reused only while it and every input are unchanged since it was made.
+    """
+    from clearml_hooks.store.blobs import temp_name
+    from clearml_hooks.store.cache_records import CacheRecord, stamp
+
+    target = dest or folder.rstrip(os.sep) + ".zip"
+    if names is None:
+        names = sorted(os.path.relpath(os.path.join(base, n), folder)
+                       for base, _dirs, files in os.walk(folder) for n in files)
+    inputs = {rel: stamp(os.path.join(folder, rel)) for rel in names}
+    record = CacheRecord(target + ".verified")
+    made = record.get("zip")
+    if not force and made == {"stamp": stamp(target), "inputs": inputs}:
         return target
-    tmp = f"{target}.{os.getpid()}.tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for base, _dirs, names in os.walk(folder):
-            for name in sorted(names):
-                full = os.path.join(base, name)
-                zf.write(full, os.path.relpath(full, folder))
-    os.replace(tmp, target)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(target), temp_name(".zip"))
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for rel in sorted(names):
+                zf.write(os.path.join(folder, rel), rel)
+        os.replace(tmp, target)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    record.set("zip", {"stamp": stamp(target), "inputs": inputs})
+    record.save()
     return target
 
 

@@ -11,7 +11,9 @@ _dist_before_fork = False
 
 def _after_fork_in_child() -> None:
     global _forked, _dist_before_fork
-    _forked = True
+    # multiprocessing's fork server (named by clearml-hooks' boot sitecustomize) forks
+    # fresh workers, as spawn would start them: not copies of a training process
+    _forked = os.environ.get("CLEARML_HOOKS_FORKSERVER_PID") != str(os.getppid())
     # a fork of a process that already joined a process group is a worker copy of it; a forked
     # child that joins one itself afterwards is a DDP rank (Lightning's ddp_fork)
     _dist_before_fork = _dist_initialized()

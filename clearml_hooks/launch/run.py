@@ -1,0 +1,158 @@
+"""``clearml-hooks run -- CMD ...``: run any command with capture on, without editing it.
+
+This process owns the task: ``Task.init`` registers it and names it in the environment
+(``launch.env``), which the command and every Python process it starts inherit, so they join
+it through the boot ``sitecustomize``. The command's stdin, stdout and stderr are this
+process's own. Signals sent to this process are passed on to the command, and this process
+ends the way the command ended: the same exit status, or killed by the same signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from clearml_hooks.launch import env
+
+# passed on to the command; SIGINT and SIGQUIT only when they did not come from the terminal
+# (a terminal sends them to the whole foreground process group, the command included)
+FORWARDED = tuple(getattr(signal, name) for name in
+                  ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+                  if hasattr(signal, name))
+_FROM_TERMINAL = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT")
+                       if hasattr(signal, name))
+STOPPED_BY = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                   if hasattr(signal, name))
+
+
+class CommandNotStarted(OSError):
+    """The command could not be started; ``status`` is the shell's (127 not found, 126)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def default_task_name(command: Sequence[str]) -> str:
+    """``train`` for ``python train.py`` / ``torchrun ... train.py``, ``pkg.mod`` for
+    ``python -m pkg.mod``, else the program's name."""
+    for i, arg in enumerate(command):
+        if arg == "-m" and i + 1 < len(command):
+            return command[i + 1]
+        if arg.endswith(".py") and not arg.startswith("-"):
+            return os.path.splitext(os.path.basename(arg))[0]
+    return os.path.basename(command[0]) if command else "untitled"
+
+
+def _terminal_sent(signum: int) -> bool:
+    if signum not in _FROM_TERMINAL:
+        return False
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def end_status(returncode: int) -> str:
+    """The task's status for the command's exit: completed, stopped (by a signal) or failed."""
+    if returncode == 0:
+        return "completed"
+    if returncode < 0 and -returncode in STOPPED_BY:
+        return "stopped"
+    return "failed"
+
+
+def run_command(command: Sequence[str], *, project: str | None = None,
+                task_name: str | None = None, frameworks: str | None = None,
+                output_uri: str | None = None) -> int:
+    """Run ``command`` as the task's root process; return its exit status (negative: the
+    signal that killed it). ``ValueError`` for bad options, before anything starts."""
+    if not command:
+        raise ValueError("no command to run (usage: clearml-hooks run [OPTIONS] -- CMD ...)")
+    auto_connect = env.frameworks_from_json(frameworks)
+    env.forget()  # a run is a task of its own, also when started from a captured process
+    from clearml_hooks.task import Task
+
+    task = Task.init(project_name=project, task_name=task_name or default_task_name(command),
+                     auto_connect_frameworks=auto_connect, output_uri=output_uri)
+    returncode = 127
+    try:
+        returncode = _supervise(list(command))
+    finally:
+        _finish(task, returncode)
+    return returncode
+
+
+def _supervise(command: list[str]) -> int:
+    child: list[subprocess.Popen] = []
+    early: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if not child:
+            early.append(signum)
+        elif not _terminal_sent(signum):
+            try:
+                child[0].send_signal(signum)
+            except OSError:
+                pass
+
+    previous = {}
+    for signum in FORWARDED:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored stays ignored (nohup)
+            previous[signum] = signal.signal(signum, forward)
+    try:
+        try:
+            child.append(subprocess.Popen(command))
+        except FileNotFoundError as exc:
+            raise CommandNotStarted(f"command not found: {command[0]}", 127) from exc
+        except PermissionError as exc:
+            raise CommandNotStarted(f"cannot run {command[0]}: {exc.strerror}", 126) from exc
+        for signum in early:
+            forward(signum, None)
+        return child[0].wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _finish(task: Any, returncode: int) -> None:
+    """Close the task, then record how the command ended if it did not succeed."""
+    task.close()
+    status = end_status(returncode)
+    if status != "completed" and not task.inert:
+        try:
+            task.capturer.journal_status(status)
+            if task.store.is_open:
+                task.capturer.flush(10.0)
+        except Exception as exc:
+            print(f"clearml-hooks: could not mark task {task.id} {status}: {exc}",
+                  file=sys.stderr)
+
+
+def exit_like(returncode: int) -> int:
+    """Die by the signal that killed the command (after the exit handlers), so whoever
+    started us sees the same thing; else return the exit status to exit with."""
+    if returncode >= 0:
+        return returncode
+    signum = -returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    except Exception:
+        pass
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        pass
+    return 128 + signum  # a signal whose default action does not end the process

@@ -429,79 +429,51 @@ def sync(ctx: click.Context, force: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind (0.0.0.0 exposes the read-only UI to the network).")
+              help="Address to bind; any non-loopback address requires an access token.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True,
               help="Port (0: any free port).")
 @click.option("--home", type=click.Path(file_okay=False), default=None,
               help="Store directory (same as the global --home).")
+@click.option("--token", default=None,
+              help="Access token required on every request (or CLEARML_HOOKS_UI_TOKEN); "
+                   "generated and printed when binding off loopback without one.")
+@click.option("--read-only", is_flag=True, help="No edits (publish, archive, tags, ...).")
 @click.pass_context
 @_errors
-def ui(ctx: click.Context, host: str, port: int, home: str | None) -> None:
-    """Serve the web model table (read-only HTML and a JSON API under /api/)."""
-    import logging
-
-    from clearml_hooks.ui import make_server
-
+def ui(ctx: click.Context, host: str, port: int, home: str | None, token: str | None,
+       read_only: bool) -> None:
+    """Serve the web model registry (needs the ui extra: pip install clearml-hooks[ui])."""
+    try:
+        from clearml_hooks.ui import make_server
+    except ImportError as exc:
+        raise CliError(f"the web UI needs the ui extra (pip install 'clearml-hooks[ui]'): "
+                       f"{exc}") from exc
     if home:
         ctx.find_root().obj["home"] = home
-    try:
-        server = make_server(_store(ctx), host=host, port=port)
-    except OSError as exc:
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger("clearml_hooks.ui").addHandler(handler)
-    logging.getLogger("clearml_hooks.ui").setLevel(logging.INFO)
     import signal
 
+    try:
+        server = make_server(_store(ctx), host=host, port=port, token=token,
+                             read_only=read_only, access_log=True)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     # Ctrl-C and SIGTERM stop the server even where SIGINT was inherited as ignored (a
     # background job of a non-interactive shell), in which case Python installs no handler
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    click.echo(f"clearml-hooks model table on {server.url} (Ctrl-C to stop)")
+    mode = " (read-only)" if read_only else ""
+    click.echo(f"clearml-hooks model registry on {server.url}{mode} (Ctrl-C to stop)")
+    if server.guard.token:
+        shown = server.guard.token if server.token_generated else "<your token>"
+        click.echo(f"bound to {host}: every request needs the access token; open "
+                   f"{server.url}?token={shown} once (or send 'Authorization: Bearer <token>')")
     sys.stdout.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
-
-
-# -- run --------------------------------------------------------------------------------------------
-
-@cli.command(context_settings={"allow_interspersed_args": False,
-                               "ignore_unknown_options": True})
-@click.option("--project", default=None, help="Project of the task (default: default).")
-@click.option("--task-name", default=None,
-              help="Task name (default: the script's name, e.g. train for train.py).")
-@click.option("--frameworks", default=None, metavar="JSON",
-              help='auto_connect_frameworks as JSON: \'{"pytorch": "final*.pt", "joblib": false}\'.')
-@click.option("--output-uri", default=None, help="Store folder or s3://... URL, as Task.init's.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.pass_context
-def run(ctx: click.Context, project: str | None, task_name: str | None,
-        frameworks: str | None, output_uri: str | None, command: tuple[str, ...]) -> None:
-    """Run COMMAND with capture on, unchanged: clearml-hooks run -- python train.py.
-
-    COMMAND and every Python process it starts (torchrun workers, multiprocessing and
-    torch.multiprocessing spawn, subprocess) join one task; rank 0 captures. The exit status
-    and signals pass through.
-    """
-    from clearml_hooks.launch.run import CommandNotStarted, exit_like, run_command
-
-    home = ctx.find_root().obj.get("home")
-    if home:
-        os.environ["CLEARML_HOOKS_HOME"] = os.path.abspath(home)
-    try:
-        returncode = run_command(command, project=project, task_name=task_name,
-                                 frameworks=frameworks, output_uri=output_uri)
-    except ValueError as exc:
-        raise CliError(str(exc).splitlines()[0]) from exc
-    except CommandNotStarted as exc:
-        click.echo(f"clearml-hooks: error: {exc}", err=True)
-        ctx.exit(exc.status)
-    ctx.exit(exit_like(returncode))
+        server.socket.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,12 @@
-"""The web model table: ``clearml-hooks ui`` (read-only HTML pages and a JSON API).
+"""The web model registry: ``clearml-hooks ui`` (pip install clearml-hooks[ui]).
 
-Standard library only; importing it imports no ML framework.
+A Starlette app served by uvicorn (``serve``), Jinja2 templates with autoescaping, plotly.js
+from the ``plotly`` package (no CDN). Nothing here is imported by ``import clearml_hooks`` or
+``Task.init``; this package needs the ``ui`` extra.
 """
 
 from __future__ import annotations
 
-from clearml_hooks.ui.server import DEFAULT_HOST, DEFAULT_PORT, ModelTableServer, make_server
+from clearml_hooks.ui.serve import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, UiServer, make_server
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ModelTableServer", "make_server"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "TOKEN_ENV", "UiServer", "make_server"]

@@ -476,6 +476,42 @@ def ui(ctx: click.Context, host: str, port: int, home: str | None, token: str | 
         server.socket.close()
 
 
+# -- run --------------------------------------------------------------------------------------------
+
+@cli.command(context_settings={"allow_interspersed_args": False,
+                               "ignore_unknown_options": True})
+@click.option("--project", default=None, help="Project of the task (default: default).")
+@click.option("--task-name", default=None,
+              help="Task name (default: the script's name, e.g. train for train.py).")
+@click.option("--frameworks", default=None, metavar="JSON",
+              help='auto_connect_frameworks as JSON: \'{"pytorch": "final*.pt", "joblib": false}\'.')
+@click.option("--output-uri", default=None, help="Store folder or s3://... URL, as Task.init's.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, project: str | None, task_name: str | None,
+        frameworks: str | None, output_uri: str | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND with capture on, unchanged: clearml-hooks run -- python train.py.
+
+    COMMAND and every Python process it starts (torchrun workers, multiprocessing and
+    torch.multiprocessing spawn, subprocess) join one task; rank 0 captures. The exit status
+    and signals pass through.
+    """
+    from clearml_hooks.launch.run import CommandNotStarted, exit_like, run_command
+
+    home = ctx.find_root().obj.get("home")
+    if home:
+        os.environ["CLEARML_HOOKS_HOME"] = os.path.abspath(home)
+    try:
+        returncode = run_command(command, project=project, task_name=task_name,
+                                 frameworks=frameworks, output_uri=output_uri)
+    except ValueError as exc:
+        raise CliError(str(exc).splitlines()[0]) from exc
+    except CommandNotStarted as exc:
+        click.echo(f"clearml-hooks: error: {exc}", err=True)
+        ctx.exit(exc.status)
+    ctx.exit(exit_like(returncode))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``clearml-hooks`` and ``python -m clearml_hooks``)."""
     cli.main(args=argv, prog_name="clearml-hooks", obj={})

@@ -28,7 +28,7 @@ SETTINGS_DOC: dict[str, str] = {
     "capture_in_workers": "1: capture in forked children and DataLoader workers too",
     "s3_endpoint_url": "endpoint of an S3-compatible server (SeaweedFS, MinIO)",
     "s3_connect_timeout": "seconds an S3 call may wait to connect (default 10)",
-    "s3_read_timeout": "seconds an S3 call may wait for an answer (default 30); with 2 attempts "
+    "s3_read_timeout": "seconds an S3 call may wait for an answer (default 20); with 2 attempts "
                        "a frozen or silent server fails a call within about a minute",
     "log_level": "logging level of the clearml_hooks logger (default WARNING)",
 }

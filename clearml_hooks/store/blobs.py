@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 import time
 import uuid
 from typing import Any, BinaryIO, Protocol
@@ -24,7 +25,7 @@ from clearml_hooks.store.safe_paths import check_sha256
 CHUNK = 1 << 20
 INCOMING = ".incoming"  # temp names start with this (local: files in the root; remote: a prefix)
 DEFAULT_S3_CONNECT_TIMEOUT = 10.0
-DEFAULT_S3_READ_TIMEOUT = 30.0
+DEFAULT_S3_READ_TIMEOUT = 20.0
 S3_MAX_ATTEMPTS = 2  # botocore attempts per call; s3fs's own retry loop is switched off
 
 
@@ -261,12 +262,41 @@ def fsspec_options(url: str) -> dict:
     return {}
 
 
+_s3_session: Any = None
+_s3_session_lock = threading.Lock()
+
+
+def _drop_expect_continue(params: dict | None = None, **_: Any) -> None:
+    """aiohttp waits for a ``100 Continue`` with no timeout at all, so a frozen server would
+    hang every upload forever; without the header the read timeout covers the whole call."""
+    if params is not None:
+        params.get("headers", {}).pop("Expect", None)
+
+
+def s3_session() -> Any:
+    """One aiobotocore session for our S3 clients, with the handler above (the user's own
+    botocore sessions are left alone)."""
+    global _s3_session
+    with _s3_session_lock:
+        if _s3_session is None:
+            from aiobotocore.session import AioSession
+
+            session = AioSession()
+            session.register("before-call.s3", _drop_expect_continue)
+            _s3_session = session
+        return _s3_session
+
+
 def open_fs(url: str, **storage_options: Any) -> tuple[Any, str]:
     """``fsspec.core.url_to_fs`` with our options; every call is bounded by the timeouts above."""
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(url, **{**fsspec_options(url), **storage_options})
-    if url.startswith(("s3://", "s3a://")) and hasattr(fs, "retries"):
+    s3 = url.startswith(("s3://", "s3a://"))
+    options = {**fsspec_options(url), **storage_options}
+    if s3:
+        options.setdefault("session", s3_session())
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    if s3 and hasattr(fs, "retries"):
         # s3fs retries timeouts 5 more times on top of botocore: a frozen server would hang
         # a call for minutes. botocore's own attempts (S3_MAX_ATTEMPTS) are the only retries.
         fs.retries = 1

@@ -1,0 +1,1 @@
+"""Fault-injection tests: the capture contract under crashes, tampering and failing servers."""

@@ -320,18 +320,42 @@ def _is_single():
     return and_(t.title == SUMMARY_TITLE, t.iteration == SINGLE_VALUE_ITERATION)
 
 
-def scalar_rows(catalog: SqlCatalog, model_id: str) -> list[dict]:
-    """Every scalar point but single values, by title, series, iteration."""
-    from sqlalchemy import not_, select
+def scalar_rows(catalog: SqlCatalog, model_id: str, max_samples: int = 0) -> list[tuple]:
+    """Every scalar point but single values, by title, series, iteration: (title, series,
+    iteration, value, created) tuples (100k points: tuples read ~3x faster than mappings).
+
+    ``max_samples`` > 0: a series longer than that is averaged in the database over
+    ``max_samples`` equal ranges of its iterations (NaN ignored, all-NaN stays NaN), each at its
+    first iteration, as ClearML's server does; a chart of 10 x 10k points then reads 10 x
+    ``max_samples`` rows, not 100k.
+    """
+    from sqlalchemy import case, func, not_, select
 
     from clearml_hooks.store import schema as s
 
     t = s.model_scalars.c
-    q = (select(t.title, t.series, t.iteration, t.value, t.created)
-         .where(t.model_id == model_id, not_(_is_single()))
-         .order_by(t.title, t.series, t.iteration))
+    if not max_samples:
+        q = (select(t.title, t.series, t.iteration, t.value, t.created)
+             .where(t.model_id == model_id, not_(_is_single()))
+             .order_by(t.title, t.series, t.iteration))
+    else:
+        from sqlalchemy import and_
+
+        stats = (select(t.title, t.series, func.min(t.iteration).label("lo"),
+                        func.max(t.iteration).label("hi"), func.count().label("n"))
+                 .where(t.model_id == model_id, not_(_is_single()))
+                 .group_by(t.title, t.series).subquery())
+        span = stats.c.hi - stats.c.lo + 1
+        window = case((stats.c.n <= max_samples, t.iteration),
+                      else_=((t.iteration - stats.c.lo + 1) * max_samples - 1) // span)
+        q = (select(t.title, t.series, func.min(t.iteration), func.avg(t.value),
+                    func.min(t.created))
+             .select_from(stats.join(s.model_scalars, and_(
+                 t.model_id == model_id, t.title == stats.c.title, t.series == stats.c.series)))
+             .group_by(t.title, t.series, window)
+             .order_by(t.title, t.series, func.min(t.iteration)))
     with catalog.read() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
+        return [tuple(r) for r in conn.execute(q).all()]
 
 
 def single_values(catalog: SqlCatalog, model_id: str) -> dict[str, float]:
@@ -377,22 +401,6 @@ def plot_rows(catalog: SqlCatalog, model_id: str) -> list[dict]:
          .where(t.model_id == model_id).order_by(t.iteration, t.title, t.series))
     with catalog.read() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
-
-
-def _downsample(xs: list, ys: list, max_samples: int) -> tuple[list, list]:
-    """At most ``max_samples`` points: the mean of each window, at the window's first x."""
-    n = len(xs)
-    if not max_samples or n <= max_samples:
-        return xs, ys
-    out_x, out_y = [], []
-    for k in range(max_samples):
-        lo, hi = k * n // max_samples, (k + 1) * n // max_samples
-        if lo == hi:
-            continue
-        window = [y for y in ys[lo:hi] if not math.isnan(y)]
-        out_x.append(xs[lo])
-        out_y.append(sum(window) / len(window) if window else float("nan"))
-    return out_x, out_y
 
 
 # -- the mixin ------------------------------------------------------------------------------------
@@ -570,22 +578,23 @@ class ModelReporting:
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 0:
             raise ValueError("max_samples must be a non-negative integer")
         out: dict[str, dict[str, dict[str, list]]] = {}
-        for r in scalar_rows(self._store.catalog, self._id):
+        entry: dict[str, list] = {}
+        key = None
+        for title, series, iteration, value, created in scalar_rows(
+                self._store.catalog, self._id, max_samples):
+            if (title, series) != key:  # rows come grouped by (title, series)
+                key = (title, series)
+                entry = out.setdefault(title, {}).setdefault(
+                    series, {"name": series, "x": [], "y": []})
             if x_axis == "iter":
-                x: Any = r["iteration"]
+                x: Any = iteration
             elif x_axis == "timestamp":
-                x = int(r["created"] * 1000)
+                x = int(created * 1000)
             else:
-                x = _dt.datetime.fromtimestamp(r["created"], tz=_dt.timezone.utc).isoformat(
+                x = _dt.datetime.fromtimestamp(created, tz=_dt.timezone.utc).isoformat(
                     timespec="milliseconds").replace("+00:00", "Z")
-            entry = out.setdefault(r["title"], {}).setdefault(
-                r["series"], {"name": r["series"], "x": [], "y": []})
             entry["x"].append(x)
-            entry["y"].append(_value(r["value"]))
-        if max_samples:
-            for series in out.values():
-                for entry in series.values():
-                    entry["x"], entry["y"] = _downsample(entry["x"], entry["y"], max_samples)
+            entry["y"].append(float("nan") if value is None else value)
         return out
 
     def get_all_reported_scalars(self, x_axis: str = "iter") -> dict[str, dict[str, dict[str, list]]]:

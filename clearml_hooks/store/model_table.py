@@ -7,7 +7,10 @@ doing that in Python would read every row. The query runs in two steps: first th
 only (one query per kind of cell), so a page costs the same with 3 or 30 columns.
 
 A metric cell is the series' last value: the value at its highest iteration (a single value is
-``metric.Summary/<name>``). Models without the value sort last in both directions.
+``metric.Summary/<name>``), read from ``model_metric_last`` (kept by triggers, see ``schema``).
+Sorting by a metric walks that table's (title, series, value) index, so one page costs about the
+same over 1k or 100k models. Models without the value (or with NaN) sort last in both
+directions.
 """
 
 from __future__ import annotations
@@ -143,10 +146,9 @@ def _metadata_exprs(key: str):
 
 
 def _metric_expr(title: str, series: str):
-    sc = s.model_scalars.alias()
-    return (select(sc.c.value).where(sc.c.model_id == _m.c.id, sc.c.title == title,
-                                     sc.c.series == series)
-            .order_by(sc.c.iteration.desc()).limit(1).scalar_subquery())
+    last = s.model_metric_last.alias()
+    return (select(last.c.value).where(last.c.model_id == _m.c.id, last.c.title == title,
+                                       last.c.series == series).scalar_subquery())
 
 
 def _number(text: str, column: Column) -> float:
@@ -264,15 +266,64 @@ def page(catalog: SqlCatalog, query: TableQuery, *, count: bool = True) -> Table
         raise TableError(f"limit must be between 1 and {MAX_LIMIT}")
     if query.offset < 0:
         raise TableError("offset must be >= 0")
-    order, _ = _sort_exprs(query.sort)
-    ids_q = _filtered(query, [_m.c.id]).order_by(*order).limit(query.limit + 1).offset(query.offset)
+    order, column = _sort_exprs(query.sort)
     with catalog.read() as conn:
-        ids = [r[0] for r in conn.execute(ids_q)]
+        if column.kind == "metric":
+            ids = _ids_by_metric(conn, query, column)
+        elif column.kind == "metadata":
+            ids = _ids_by_metadata(conn, query, column)
+        else:
+            ids_q = (_filtered(query, [_m.c.id]).order_by(*order).limit(query.limit + 1)
+                     .offset(query.offset))
+            ids = [r[0] for r in conn.execute(ids_q)]
         more = len(ids) > query.limit
         ids = ids[:query.limit]
         total = (conn.execute(_filtered(query, [func.count()])).scalar() or 0) if count else -1
         rows = _rows(conn, ids, query.columns)
     return TablePage(rows, total, more)
+
+
+def _ids_by_metric(conn: Connection, query: TableQuery, column: Column) -> list[str]:
+    """Up to limit + 1 ids sorted by a metric's last value, read in the order of the
+    ``model_metric_last`` index: first the models that have a value (the index walk stops after
+    one page), then, if the page reaches past them, those without (by id)."""
+    desc = query.sort.startswith("-")
+    last = s.model_metric_last
+    has_value = and_(last.c.model_id == _m.c.id, last.c.title == column.name,
+                     last.c.series == column.series, last.c.value.is_not(None))
+    want = query.limit + 1
+    with_q = (_filtered(query, [_m.c.id]).join(last, has_value)
+              .order_by(last.c.value.desc() if desc else last.c.value.asc(),
+                        last.c.model_id.desc() if desc else last.c.model_id.asc())
+              .limit(want).offset(query.offset))
+    ids = [r[0] for r in conn.execute(with_q)]
+    if len(ids) == want:
+        return ids
+    if ids:
+        skip = 0  # the page starts among the models with a value
+    else:
+        n_with = conn.execute(_filtered(query, [func.count()]).join(last, has_value)).scalar() or 0
+        skip = query.offset - n_with
+    without = select(last.c.model_id).where(has_value).exists()
+    rest_q = (_filtered(query, [_m.c.id]).where(~without)
+              .order_by(_m.c.id.desc() if desc else _m.c.id.asc())
+              .limit(want - len(ids)).offset(max(skip, 0)))
+    return ids + [r[0] for r in conn.execute(rest_q)]
+
+
+def _ids_by_metadata(conn: Connection, query: TableQuery, column: Column) -> list[str]:
+    """Up to limit + 1 ids sorted by a metadata value: numbers (int/float entries) by value,
+    then text; one outer join (a correlated lookup per model per sort key is ~5x slower)."""
+    desc = query.sort.startswith("-")
+    md = s.model_metadata.alias()
+    number = case((md.c.type.in_(_NUMERIC_TYPES), cast(md.c.value, Float)), else_=None)
+    keys = [number, md.c.value]
+    order = [(k.desc() if desc else k.asc()).nulls_last() for k in keys]
+    order.append(_m.c.id.desc() if desc else _m.c.id.asc())
+    q = (_filtered(query, [_m.c.id])
+         .outerjoin(md, and_(md.c.model_id == _m.c.id, md.c.key == column.name))
+         .order_by(*order).limit(query.limit + 1).offset(query.offset))
+    return [r[0] for r in conn.execute(q)]
 
 
 def _rows(conn: Connection, ids: Sequence[str], columns: Sequence[Column]) -> list[dict]:
@@ -297,16 +348,12 @@ def _rows(conn: Connection, ids: Sequence[str], columns: Sequence[Column]) -> li
             by_id[model_id]["cells"]["metadata." + key] = {"value": value, "type": v_type}
     metrics = [c for c in columns if c.kind == "metric"]
     if metrics:
-        sc = s.model_scalars
-        last = (select(sc.c.model_id, sc.c.title, sc.c.series,
-                       func.max(sc.c.iteration).label("iteration"))
-                .where(sc.c.model_id.in_(list(ids)),
-                       or_(*[and_(sc.c.title == c.name, sc.c.series == c.series) for c in metrics]))
-                .group_by(sc.c.model_id, sc.c.title, sc.c.series).subquery())
+        last = s.model_metric_last.c
         for model_id, title, series, iteration, value in conn.execute(
-                select(last.c.model_id, last.c.title, last.c.series, last.c.iteration, sc.c.value)
-                .join(sc, and_(sc.c.model_id == last.c.model_id, sc.c.title == last.c.title,
-                               sc.c.series == last.c.series, sc.c.iteration == last.c.iteration))):
+                select(last.model_id, last.title, last.series, last.iteration, last.value)
+                .where(last.model_id.in_(list(ids)),
+                       or_(*[and_(last.title == c.name, last.series == c.series)
+                             for c in metrics]))):
             by_id[model_id]["cells"][f"metric.{title}/{series}"] = {
                 "value": float("nan") if value is None else value, "iteration": iteration}
     out = []

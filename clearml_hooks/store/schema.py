@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Boolean,
     Column,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 
 SCHEMA_VERSION = 1
@@ -182,3 +184,42 @@ model_plots = Table(
     Column("data", Text, nullable=False),  # the plot's plain data, JSON
     Column("created", Float, nullable=False),
 )
+
+# The last value of every scalar series of a model, kept by database triggers on model_scalars
+# (so a report is still one statement from the client). Why: the model table sorts and filters
+# 100k models by a metric's last value; an index on (title, series, value) lets it read one
+# page in index order instead of computing the last value of every model. Created, triggers
+# and back-fill included, when the table is created (new catalogs and older ones alike).
+model_metric_last = Table(
+    "model_metric_last",
+    metadata,
+    Column("model_id", String(32), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    Column("title", String(255), primary_key=True),
+    Column("series", String(255), primary_key=True),
+    Column("iteration", BigInteger, nullable=False),
+    Column("value", Float, nullable=True),  # NULL is NaN
+    Index("ix_model_metric_last_value", "title", "series", "value"),
+)
+
+_LAST_UPSERT = """INSERT INTO model_metric_last (model_id, title, series, iteration, value)
+    VALUES (NEW.model_id, NEW.title, NEW.series, NEW.iteration, NEW.value)
+    ON CONFLICT (model_id, title, series) DO UPDATE
+    SET iteration = excluded.iteration, value = excluded.value
+    WHERE excluded.iteration >= model_metric_last.iteration"""
+_LAST_BACKFILL = """INSERT INTO model_metric_last (model_id, title, series, iteration, value)
+    SELECT s.model_id, s.title, s.series, s.iteration, s.value FROM model_scalars s
+    WHERE s.iteration = (SELECT max(t.iteration) FROM model_scalars t WHERE
+        t.model_id = s.model_id AND t.title = s.title AND t.series = s.series)"""
+for _ddl in (
+        f"CREATE TRIGGER model_scalars_last_insert AFTER INSERT ON model_scalars "
+        f"BEGIN {_LAST_UPSERT}; END",
+        f"CREATE TRIGGER model_scalars_last_update AFTER UPDATE ON model_scalars "
+        f"BEGIN {_LAST_UPSERT}; END"):
+    event.listen(model_metric_last, "after_create", DDL(_ddl).execute_if(dialect="sqlite"))
+for _ddl in (
+        "CREATE FUNCTION model_scalars_last() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"{_LAST_UPSERT}; RETURN NULL; END $$",
+        "CREATE TRIGGER model_scalars_last AFTER INSERT OR UPDATE ON model_scalars "
+        "FOR EACH ROW EXECUTE FUNCTION model_scalars_last()"):
+    event.listen(model_metric_last, "after_create", DDL(_ddl).execute_if(dialect="postgresql"))
+event.listen(model_metric_last, "after_create", DDL(_LAST_BACKFILL))

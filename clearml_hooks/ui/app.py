@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -36,10 +37,13 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 MAX_COMPARE = 20
+NAV_TTL = 5.0
+CHART_POINTS = 2_000  # per series drawn on a page
 API_ROUTES = {
     "/api/v1/models": "the model table: the same parameters as / (columns, filters, sort, paging)",
     "/api/v1/models/{id}": "one model: properties, metadata, labels, design, versions, lineage",
-    "/api/v1/models/{id}/scalars": "scalars {title: {series: {x, y}}} and single values",
+    "/api/v1/models/{id}/scalars": "scalars {title: {series: {x, y}}} and single values "
+                                   "(max_samples=N averages each series down to N points)",
     "/api/v1/models/{id}/plots": "plots as plotly figures (ClearML's get_reported_plots)",
     "/api/v1/compare?ids=a,b": "models side by side with their scalars and single values",
     "/api/v1/tasks": "tasks, newest first (project, limit, offset)",
@@ -112,13 +116,23 @@ def create_app(store: Store, guard: Guard) -> Any:
         query = params.table_query(request.query_params)
         return query, model_table.page(store.catalog, query)
 
+    nav_cache: dict[str, tuple[float, Any]] = {}
+
+    def cached(key: str, compute: Any) -> Any:
+        """Project and framework lists for the table's navigation: each is a scan of every
+        model, so they are reused for NAV_TTL seconds (a new project shows up within that)."""
+        hit = nav_cache.get(key)
+        if hit is None or time.monotonic() - hit[0] > NAV_TTL:
+            hit = nav_cache[key] = (time.monotonic(), compute(store.catalog))
+        return hit[1]
+
     def table(request: Request) -> Response:
         query, result = read_table(request)
         ids = [r["id"] for r in result.rows]
         offered = model_table.available_columns(store.catalog, ids)
         return page(request, "table.html", query=query, result=result,
-                    projects=model_table.projects(store.catalog),
-                    frameworks=model_table.frameworks(store.catalog),
+                    projects=cached("projects", model_table.projects),
+                    frameworks=cached("frameworks", model_table.frameworks),
                     offered=[c for c in offered if c not in {x.key for x in query.columns}],
                     builtins=model_table.BUILTIN_COLUMNS)
 
@@ -136,9 +150,11 @@ def create_app(store: Store, guard: Guard) -> Any:
     # -- one model --------------------------------------------------------------------------
 
     def model_data(model_id: str) -> dict:
+        """A model for the page: its scalars averaged down to CHART_POINTS per series in the
+        database (``get_reported_scalars(max_samples=)``); the API returns every point."""
         info = model_view.model_detail(store.catalog, model_id)
         model = Model(model_id, store=store)
-        info["scalars"] = model.get_reported_scalars()
+        info["scalars"] = model.get_reported_scalars(max_samples=CHART_POINTS)
         info["single_values"] = model.get_reported_single_values()
         info["plots"] = model.get_reported_plots()
         return info
@@ -155,7 +171,8 @@ def create_app(store: Store, guard: Guard) -> Any:
 
     def api_scalars(request: Request) -> Response:
         model = Model(request.path_params["model_id"], store=store)
-        return api(_finite({"scalars": model.get_reported_scalars(),
+        samples = params._int(request.query_params.get("max_samples"), "max_samples", 0)
+        return api(_finite({"scalars": model.get_reported_scalars(max_samples=samples),
                             "single_values": model.get_reported_single_values()}))
 
     def api_plots(request: Request) -> Response:

@@ -16,7 +16,7 @@ from typing import Any
 
 _SUBTITLE = re.compile(r"&lt;br&gt;&lt;sup&gt;(.*)&lt;/sup&gt;$")
 # keys whose string values plotly displays (anything else is an enum, a colour or a number)
-MAX_POINTS = 20_000  # per trace; longer series are averaged down (ClearML does the same)
+MAX_POINTS = 2_000  # drawn per trace; longer series keep each bucket's min and max
 
 
 def escape_text(text: str) -> str:
@@ -40,15 +40,25 @@ def safe_figure(value: Any, key: str = "") -> Any:
 
 
 def _downsample(xs: list, ys: list) -> tuple[list, list]:
+    """At most ~MAX_POINTS points for drawing: per bucket the lowest and the highest point, in
+    x order, so spikes (a NaN-free loss jump) stay visible; the API keeps every point."""
     n = len(xs)
     if n <= MAX_POINTS:
         return xs, ys
-    step = math.ceil(n / MAX_POINTS)
+    buckets = MAX_POINTS // 2
     out_x, out_y = [], []
-    for i in range(0, n, step):
-        window = [y for y in ys[i:i + step] if y is not None and math.isfinite(y)]
-        out_x.append(xs[i])
-        out_y.append(sum(window) / len(window) if window else None)
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        idx = [i for i in range(lo, hi) if ys[i] is not None]
+        if not idx:
+            out_x.append(xs[lo])
+            out_y.append(None)  # a gap, as in the data
+            continue
+        i_min = min(idx, key=ys.__getitem__)
+        i_max = max(idx, key=ys.__getitem__)
+        for i in sorted({i_min, i_max}):
+            out_x.append(xs[i])
+            out_y.append(ys[i])
     return out_x, out_y
 
 

@@ -7,6 +7,7 @@ Kept free of imports from the rest of the package: ``task.py`` reads it, and the
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 TASK_ID = "CLEARML_HOOKS_TASK_ID"
@@ -16,9 +17,11 @@ TASK_NAME = "CLEARML_HOOKS_TASK_NAME"
 TASK_TYPE = "CLEARML_HOOKS_TASK_TYPE"
 FRAMEWORKS = "CLEARML_HOOKS_FRAMEWORKS"  # JSON of auto_connect_frameworks
 OUTPUT_URI = "CLEARML_HOOKS_OUTPUT_URI"
+TASK_STARTED = "CLEARML_HOOKS_TASK_STARTED"  # when the task began, so every process that
+# journals the task record journals the same one
 PROPAGATE = "CLEARML_HOOKS_PROPAGATE"  # 0: Task.init does not name its task to children
 
-NAMES = (TASK_ID, TASK_PID, PROJECT, TASK_NAME, TASK_TYPE, FRAMEWORKS, OUTPUT_URI)
+NAMES = (TASK_ID, TASK_PID, PROJECT, TASK_NAME, TASK_TYPE, FRAMEWORKS, OUTPUT_URI, TASK_STARTED)
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 
@@ -64,6 +67,14 @@ def joined_task(auto_connect_frameworks: Any = True) -> dict[str, Any] | None:
     }
 
 
+def started() -> float:
+    """When the joined task began (its record's timestamp); now if no process said."""
+    try:
+        return float(os.environ[TASK_STARTED])
+    except (KeyError, ValueError):
+        return time.time()
+
+
 def _output_uri(output_uri: Any) -> str | None:
     if output_uri in (None, True, False):
         return None
@@ -74,15 +85,19 @@ def _output_uri(output_uri: Any) -> str | None:
 
 
 def export(task_id: str, project: str, name: str, task_type: str,
-           auto_connect_frameworks: Any = True, output_uri: Any = None) -> None:
+           auto_connect_frameworks: Any = True, output_uri: Any = None, *,
+           always: bool = False) -> None:
     """Name this process's task in ``os.environ``, so every Python child started from now on
-    (inheriting the environment) joins it. ``CLEARML_HOOKS_PROPAGATE=0`` turns this off."""
-    if os.environ.get(PROPAGATE, "").strip().lower() in ("0", "false", "no", "off"):
+    (inheriting the environment) joins it. ``CLEARML_HOOKS_PROPAGATE=0`` turns this off for
+    ``Task.init`` (not for ``clearml-hooks run``: ``always``)."""
+    off = os.environ.get(PROPAGATE, "").strip().lower() in ("0", "false", "no", "off")
+    if off and not always:
         return
     import json
 
     values: dict[str, str | None] = {
-        TASK_ID: task_id, TASK_PID: str(os.getpid()), PROJECT: project, TASK_NAME: name,
+        TASK_ID: task_id, TASK_PID: str(os.getpid()), TASK_STARTED: repr(time.time()),
+        PROJECT: project, TASK_NAME: name,
         TASK_TYPE: task_type, OUTPUT_URI: _output_uri(output_uri),
         FRAMEWORKS: None if auto_connect_frameworks is True
         else json.dumps(auto_connect_frameworks, default=os.fspath),

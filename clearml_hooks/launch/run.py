@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ FORWARDED = tuple(getattr(signal, name) for name in
                   if hasattr(signal, name))
 _FROM_TERMINAL = tuple(getattr(signal, name) for name in ("SIGINT", "SIGQUIT")
                        if hasattr(signal, name))
+OPEN_DELAY = 1.0  # seconds into the run before this process opens the task (see _supervise)
 STOPPED_BY = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                    if hasattr(signal, name))
 
@@ -69,28 +71,66 @@ def end_status(returncode: int) -> str:
     return "failed"
 
 
+def check_options(auto_connect_frameworks: Any, output_uri: str | None) -> None:
+    """Bad options fail before the command starts (``ValueError``), importing little."""
+    from clearml_hooks.hooks.selection import parse_auto_connect
+
+    try:
+        parse_auto_connect(auto_connect_frameworks)
+    except ValueError:
+        from clearml_hooks.task import _selection
+
+        _selection(auto_connect_frameworks)  # a third-party binding's key passes; else raises
+    if output_uri and "://" in output_uri:
+        from clearml_hooks.task import _check_output_uri
+
+        _check_output_uri(output_uri)
+
+
 def run_command(command: Sequence[str], *, project: str | None = None,
                 task_name: str | None = None, frameworks: str | None = None,
                 output_uri: str | None = None) -> int:
     """Run ``command`` as the task's root process; return its exit status (negative: the
-    signal that killed it). ``ValueError`` for bad options, before anything starts."""
+    signal that killed it). ``ValueError`` for bad options, before anything starts.
+
+    The command starts first, with the task's id in its environment; this process opens the
+    task afterwards (``_supervise``), so ``run`` adds little more than one interpreter to the
+    command's start.
+    """
     if not command:
         raise ValueError("no command to run (usage: clearml-hooks run [OPTIONS] -- CMD ...)")
     auto_connect = env.frameworks_from_json(frameworks)
+    check_options(auto_connect, output_uri)
     env.forget()  # a run is a task of its own, also when started from a captured process
-    from clearml_hooks.task import Task
+    task_id = os.urandom(16).hex()
+    project = project or "default"
+    task_name = task_name or default_task_name(command)
+    env.export(task_id, project, task_name, "training", auto_connect, output_uri, always=True)
+    tasks: list[Any] = []
 
-    task = Task.init(project_name=project, task_name=task_name or default_task_name(command),
-                     auto_connect_frameworks=auto_connect, output_uri=output_uri)
+    def open_task() -> None:
+        from clearml_hooks.task import Task
+
+        try:
+            tasks.append(Task._attach(task_id, project, task_name, "training", auto_connect,
+                                      output_uri, owner=True))
+        except Exception as exc:  # the command runs anyway; say why nothing is recorded
+            print(f"clearml-hooks: could not open task {task_id}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
     returncode = 127
     try:
-        returncode = _supervise(list(command))
+        returncode = _supervise(list(command), started=open_task)
     finally:
-        _finish(task, returncode)
+        if tasks:
+            _finish(tasks[0], returncode)
     return returncode
 
 
-def _supervise(command: list[str]) -> int:
+def _supervise(command: list[str], started: Any) -> int:
+    """Start the command, pass signals on, wait. ``started()`` runs in a thread
+    ``OPEN_DELAY`` seconds in (or once the command has ended, if sooner): not while the
+    command's interpreter starts up, which it would slow down on a busy machine."""
     child: list[subprocess.Popen] = []
     early: list[int] = []
 
@@ -107,17 +147,24 @@ def _supervise(command: list[str]) -> int:
     for signum in FORWARDED:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored stays ignored (nohup)
             previous[signum] = signal.signal(signum, forward)
+    ended = threading.Event()
+    opener = threading.Thread(target=lambda: (ended.wait(OPEN_DELAY), started()),
+                              name="clearml-hooks-run", daemon=True)
     try:
         try:
             child.append(subprocess.Popen(command))
-        except FileNotFoundError as exc:
+        except FileNotFoundError as exc:  # no task is recorded for a command that never ran
             raise CommandNotStarted(f"command not found: {command[0]}", 127) from exc
         except PermissionError as exc:
             raise CommandNotStarted(f"cannot run {command[0]}: {exc.strerror}", 126) from exc
+        opener.start()
         for signum in early:
             forward(signum, None)
         return child[0].wait()
     finally:
+        ended.set()
+        if opener.is_alive():
+            opener.join()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

@@ -83,7 +83,10 @@ def _num(value: Any) -> str:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(when=_when, size=_size, num=_num)
+    # ``json`` is for text shown in <pre>/<textarea> (autoescaped like any string); ``tojson``
+    # (Jinja's) is only for data inside <script type="application/json">
+    env.filters.update(when=_when, size=_size, num=_num,
+                       json=lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False))
     env.globals.update(params=params, cell_value=cell_value)
     return env
 

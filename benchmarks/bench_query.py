@@ -85,7 +85,7 @@ def main() -> None:
     from clearml_hooks.store import store_for
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = store_for(Settings.resolve(home=tmp), background=False)
+        store = store_for(Settings.resolve(home=tmp))
         t = time.perf_counter()
         populate(store, args.models)
         setup_s = time.perf_counter() - t

@@ -46,15 +46,26 @@ def _errors(fn):
     return wrapper
 
 
-def _store(ctx: click.Context):
+def _require_home(home: str) -> None:
+    if not os.path.isdir(home):
+        raise CliError(f"no model store at {home} (nothing was captured there yet); check "
+                       "--home or CLEARML_HOOKS_HOME")
+
+
+def _store(ctx: click.Context, recover_rows: bool = True):
+    """The store, opened; what dead runs left journaled shows as tasks and pending snapshots."""
     from clearml_hooks.config import Settings
     from clearml_hooks.store import store_for
 
     obj = ctx.find_root().obj
     if obj.get("store") is None:
         settings = Settings.resolve(home=obj.get("home"))
-        store = store_for(settings, background=False)
+        store = store_for(settings)
         store.wait()
+        if recover_rows and os.path.isdir(store.journal_root):
+            from clearml_hooks.store.worker import recover
+
+            recover(store, rows_only=True)
         obj["store"] = store
     return obj["store"]
 
@@ -363,69 +374,103 @@ def tasks_list(ctx: click.Context, project: str | None, limit: int | None, as_js
 
 @cli.command()
 @click.option("--force", is_flag=True,
-              help="Also finish snapshots whose process still looks alive.")
+              help="Also finish journals whose process is still alive (safe: every step is "
+                   "idempotent and a stored snapshot is never changed).")
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 @click.pass_context
 @_errors
 def sync(ctx: click.Context, force: bool, as_json: bool) -> None:
-    """Finish pending snapshots (from crashed, killed or offline runs) and print what was finished.
+    """Finish what crashed, killed or offline runs left in their journals; print the outcome."""
+    from clearml_hooks.store.journal import describe
+    from clearml_hooks.store.worker import recover
 
-    Same rules as Pipeline.recover: snapshots of dead processes, and with --force all of them.
-    """
-    from clearml_hooks.store.pipeline import OWNER, Pipeline, owner_alive
-
-    store = _store(ctx)
-    catalog = store.catalog
-    pipeline = Pipeline(store)
-    todo = [snap for snap in catalog.pending_snapshots()
-            if snap["owner"] != OWNER and (force or not owner_alive(snap["owner"]))]
-    skipped = len(catalog.pending_snapshots()) - len(todo)
-    finished, failed = [], []
-
-    def run(snap: dict) -> None:
-        if not catalog.claim_snapshot(snap["id"], snap["owner"], OWNER):
-            return  # another process took it
-        try:
-            ok = pipeline.finish_snapshot(snap["id"])
-        except Exception as exc:
-            catalog.fail_snapshot(snap["id"], f"{type(exc).__name__}: {exc}")
-            ok = False
-        model = catalog.get_model(snap["model_id"]) or {}
-        item = {"snapshot": snap["id"], "model": snap["model_id"], "name": model.get("name"),
-                "version": snap["version"]}
-        if not ok:
-            after = catalog.snapshot(snap["id"]) or {}
-            item["error"] = after.get("error")
-        (finished if ok else failed).append(item)
-
+    store = _store(ctx, recover_rows=False)
+    todo = sum(len(j.pending) for j in describe(store.journal_root) if force or not j.alive)
     show_progress = not as_json and sys.stderr.isatty() and todo
     if show_progress:
         from rich.progress import Progress
 
         with Progress(transient=True) as progress:
-            bar = progress.add_task("storing pending snapshots", total=len(todo))
-            for snap in todo:
-                run(snap)
-                progress.advance(bar)
+            bar = progress.add_task("storing journaled snapshots", total=todo)
+            result = recover(store, force=force, progress=lambda: progress.advance(bar))
     else:
-        for snap in todo:
-            run(snap)
+        result = recover(store, force=force)
+    items = [{"snapshot": i["rid"], "outcome": i["outcome"], "name": i["name"],
+              "source": i["source"]} for i in result.items]
+    for item in items:
+        snap = store.catalog.snapshot(item["snapshot"]) or {}
+        item.update(model=snap.get("model_id"), version=snap.get("version"),
+                    error=snap.get("error"))
+    finished = [i for i in items if i["outcome"] == "ready"]
+    failed = [i for i in items if i["outcome"] not in ("ready", "done")]
     if as_json:
-        _echo_json({"finished": finished, "failed": failed, "skipped_alive": skipped})
+        _echo_json({"finished": finished, "failed": failed,
+                    "skipped_alive": result.skipped_alive, "errors": result.errors})
     else:
         for item in finished:
             click.echo(f"stored {item['name']} v{item['version']} (model {item['model']}, "
                        f"snapshot {item['snapshot']})")
         for item in failed:
             click.echo(f"failed {item['name']} v{item['version']} (model {item['model']}): "
-                       f"{item['error']}", err=True)
-        click.echo(f"{len(finished)} snapshot(s) finished, {len(failed)} failed"
-                   + (f", {skipped} left to running processes (use --force)" if skipped else ""))
-    if failed:
+                       f"{item['error'] or item['outcome']}")
+        for error in result.errors:
+            click.echo(f"not finished (will be retried): {error}", err=True)
+        if result.skipped_alive:
+            click.echo(f"{result.skipped_alive} journal(s) belong to running processes "
+                       "(--force to finish them too)", err=True)
+        if not items and not result.errors:
+            click.echo("nothing to sync")
+    if result.errors:
         ctx.exit(1)
 
 
-# -- ui ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+@click.pass_context
+@_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Snapshots waiting in local journals, and the bytes held in staging."""
+    from clearml_hooks.config import Settings
+    from clearml_hooks.store import store_for
+    from clearml_hooks.store.journal import describe
+
+    settings = Settings.resolve(home=ctx.find_root().obj.get("home"))
+    _require_home(settings.home)
+    store = store_for(settings)
+    journals = describe(store.journal_root)
+    staged = _tree_bytes(store.staging_root)
+    rows = []
+    for j in journals:
+        snaps = [r for r in j.pending if r.header.get("t") == "snap"]
+        rows.append({"owner": j.owner, "alive": j.alive, "pending_snapshots": len(snaps),
+                     "pending_records": len(j.pending), "journal_bytes": j.size,
+                     "snapshots": [{"id": r.rid, "source": r.header.get("src"),
+                                    "error": r.header.get("error")} for r in snaps]})
+    pending = sum(r["pending_snapshots"] for r in rows)
+    if as_json:
+        _echo_json({"pending_snapshots": pending, "staging_bytes": staged, "journals": rows})
+        return
+    click.echo(f"{pending} snapshot(s) pending in {len(rows)} journal(s); "
+               f"{staged / 2**20:.1f} MiB in staging ({store.staging_root})")
+    for r in rows:
+        state = "running" if r["alive"] else "process gone: run `clearml-hooks sync`"
+        click.echo(f"  {r['owner']}: {r['pending_snapshots']} snapshot(s), "
+                   f"{r['pending_records']} record(s) ({state})")
+        for snap in r["snapshots"]:
+            click.echo(f"    {snap['id']} {snap['source']}"
+                       + (f" [{snap['error']}]" if snap["error"] else ""))
+
+
+def _tree_bytes(root: str) -> int:
+    total = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True,

@@ -30,6 +30,11 @@ SETTINGS_DOC: dict[str, str] = {
     "s3_connect_timeout": "seconds an S3 call may wait to connect (default 10)",
     "s3_read_timeout": "seconds an S3 call may wait for an answer (default 20); with 2 attempts "
                        "a frozen or silent server fails a call within about a minute",
+    "inline_max": "bytes: a saved file up to this size is copied into the journal at once (default 65536)",
+    "staging_min_free": "bytes a filesystem must keep free for the agent to stage a snapshot on it (default 1 GiB)",
+    "journal_fsync": "1: fsync the journal after every record (survives power loss, not only kill -9)",
+    "job_timeout": "seconds before the worker gives up on one stuck job, plus 1 s per 20 MiB (default 600)",
+    "catalog_timeout": "seconds for connecting to and each statement of a server catalog (default 30)",
     "log_level": "logging level of the clearml_hooks logger (default WARNING)",
 }
 
@@ -63,6 +68,15 @@ def _read_config_file() -> dict[str, Any]:
             raise ValueError(f"clearml-hooks config file {path} is not valid TOML: {exc}") from exc
 
 
+def _int_setting(name: str, file_values: dict[str, Any], default: int) -> int:
+    value = lookup(name, file_values, default)
+    try:
+        return int(float(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting {name} (CLEARML_HOOKS_{name.upper()}) must be a number, "
+                         f"not {value!r}") from exc
+
+
 def lookup(name: str, file_values: dict[str, Any] | None = None, default: Any = None) -> Any:
     env = os.environ.get("CLEARML_HOOKS_" + name.upper())
     if env not in (None, ""):
@@ -78,12 +92,18 @@ class Settings:
     def __init__(self, home: str, catalog_url: str, blob_url: str,
                  exit_timeout: float = DEFAULT_EXIT_TIMEOUT, offline: bool = False,
                  extra: dict[str, Any] | None = None) -> None:
+        extra = extra or {}
         self.home = home
         self.catalog_url = catalog_url
         self.blob_url = blob_url
         self.exit_timeout = exit_timeout
         self.offline = offline
-        self.extra = extra or {}
+        self.extra = extra
+        self.inline_max = _int_setting("inline_max", extra, 64 << 10)
+        self.staging_min_free = _int_setting("staging_min_free", extra, 1 << 30)
+        self.journal_fsync = _truthy(lookup("journal_fsync", extra, False))
+        self.job_timeout = float(_int_setting("job_timeout", extra, 600))
+        self.catalog_timeout = float(_int_setting("catalog_timeout", extra, 30))
 
     def __repr__(self) -> str:
         return (f"Settings(home={self.home!r}, catalog_url={self.catalog_url!r}, "

@@ -16,21 +16,24 @@ import re
 import shutil
 import tarfile
 import threading
-import time
-import weakref
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.frameworks import canonical_framework
 from clearml_hooks.model_reporting import ModelReporting
-from clearml_hooks.store import Store, default_store
+from clearml_hooks.store import Store, open_store
 
 if TYPE_CHECKING:
-    from clearml_hooks.store.pipeline import Pipeline
     from clearml_hooks.task import Task
 
 
+def default_store() -> Store:
+    """The current task's store, else the one the environment and config file name."""
+    from clearml_hooks.task import Task
+
+    task = Task.current_task()
+    return task.store if task is not None else open_store()
 
 log = logging.getLogger("clearml_hooks")
 
@@ -504,20 +507,27 @@ class Model(ModelReporting):
                     raise ValueError(msg)
                 log.warning("clearml-hooks: %s", msg)
                 return False
-        row, orphans = model_ops.remove(catalog, model_id)
+        row, candidates = model_ops.remove(catalog, model_id)
         if not delete_weights_file:
             return True
-        ok = True
-        for sha in orphans:
+        from clearml_hooks.store import ingest
+
+        failures: list[str] = []
+
+        def delete_blob(sha: str) -> None:
             for blobs in _stores_holding(store, row["uri"]):
                 try:
                     blobs.delete(sha)
                 except Exception as exc:
-                    ok = False
-                    if raise_on_errors:
-                        raise ValueError(f"model {model_id} removed, but its blob {sha} could "
-                                         f"not be deleted: {exc}") from exc
-        return ok
+                    failures.append(f"{sha}: {exc}")
+
+        # decided and deleted under the catalog's GC lock: a snapshot being stored right now
+        # with the same bytes has pinned them (kept), or stores them again after this
+        ingest.collect_blobs(catalog, candidates, delete_blob)
+        if failures and raise_on_errors:
+            raise ValueError(f"model {model_id} removed, but blob(s) could not be deleted: "
+                             + "; ".join(failures))
+        return not failures
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._id}>"
@@ -833,20 +843,6 @@ class InputModel(Model):
 
 # -- OutputModel ------------------------------------------------------------------------------------
 
-_pipelines: weakref.WeakSet = weakref.WeakSet()
-_destination_pipelines: dict[tuple, Pipeline] = {}
-
-
-class _Destination:
-    """A Store-shaped pair (catalog + another blob store) for an upload destination."""
-
-    def __init__(self, store: Store, blobs: Any) -> None:
-        self.catalog = store.catalog
-        self.blobs = blobs
-        self.staging_root = store.staging_root
-        self.home = store.home
-
-
 class OutputModel(Model):
     """A model a task produces. Weights go through the content-addressed store (deduplicated),
     in the background by default; the user's files are left alone unless ``auto_delete_file``."""
@@ -984,37 +980,17 @@ class OutputModel(Model):
     def set_default_upload_uri(cls, output_uri: str | None) -> None:
         cls._default_output_uri = str(output_uri) if output_uri else None
 
-    def _pipeline(self) -> Pipeline:
-        from clearml_hooks.store.pipeline import Pipeline
-
-        if self._upload_url is None:
-            pipeline = self._task.capturer.pipeline
-        else:
-            key = (id(self._store), self._upload_url)
-            with _blob_lock:
-                pipeline = _destination_pipelines.get(key)
-                if pipeline is None:
-                    dest = _Destination(self._store, _blob_stores[self._upload_url])
-                    pipeline = _destination_pipelines[key] = Pipeline(dest)  # type: ignore[arg-type]
-        _pipelines.add(pipeline)
-        return pipeline
-
     @classmethod
     def wait_for_uploads(cls, timeout: float | None = None,
                          max_num_uploads: int | None = None) -> bool:
         """Wait until every weights upload started in this process is stored; False on timeout."""
         from clearml_hooks.task import Task
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pipelines = list(_pipelines)
         current = Task.current_task()
-        if current is not None:
-            pipelines.append(current.capturer.pipeline)
-        for pipeline in pipelines:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not pipeline.wait(remaining):
-                return False
-        return True
+        if current is None:
+            return True
+        current.store.worker.start()
+        return current.store.worker.wait(timeout)
 
     # -- weights --------------------------------------------------------------------------------
 
@@ -1102,9 +1078,15 @@ class OutputModel(Model):
     def _store_weights(self, paths: list[str], *, root: str | None, kind: str, name: str | None,
                        iteration: int | None, is_package: bool, auto_delete: bool,
                        async_enable: bool) -> str | None:
-        from clearml_hooks.store import model_ops
-        from clearml_hooks.store.pipeline import OWNER, protect
+        """Stage and journal the files as a new snapshot, exactly as a hooked save is (same
+        exactness and durability); the worker stores it."""
+        import stat as stat_module
 
+        from clearml_hooks.store import model_ops
+        from clearml_hooks.store.safe_paths import safe_target_filename
+
+        if name is not None:
+            name = safe_target_filename(name)
         if kind == "file":
             files = [(paths[0], name or os.path.basename(paths[0]))]
             source = paths[0]
@@ -1122,36 +1104,22 @@ class OutputModel(Model):
             if not files:
                 raise ValueError(f"no files to store in {root}")
             source = os.path.join(root or "", name) if name else root
-        token = os.urandom(16).hex()
-        staging_for = getattr(self._task.capturer, "_staging_for", None)  # same filesystem
-        staging = (staging_for(files[0][0], token) if staging_for
-                   else os.path.join(self._store.staging_root, token))
-        journal: list[tuple[str, int]] = []
-        linked = []
-        try:
-            for full, rel in files:
-                staged = os.path.join(staging, rel)
-                how = protect(full, staged)
-                st = os.stat(staged)
-                journal.append((rel, st.st_size))
-                if how == "link":
-                    linked.append((st.st_dev, st.st_ino))
-            src_stat = os.stat(paths[0]) if kind == "file" else None
-            snapshot_id = model_ops.journal_weights(
-                self._catalog, self._id, kind=kind, staging=staging, files=journal,
-                iteration=iteration, owner=OWNER, source_path=source,
-                source_size=src_stat.st_size if src_stat else None,
-                source_mtime_ns=src_stat.st_mtime_ns if src_stat else None,
-                framework_guess=_guess_framework(files[0][1]) if kind == "file" else None,
-                is_package=is_package)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)  # nothing journaled: leave no trace
-            raise
+        for full, _rel in files:
+            mode = os.stat(full).st_mode
+            if not stat_module.S_ISREG(mode):
+                raise ValueError(f"{full} is not a regular file (a FIFO, device or socket "
+                                 "cannot be stored as weights): pass the path of a file")
+        row = model_ops.get_row(self._catalog, self._id)
+        if row["published"]:
+            raise model_ops.ModelPublished(
+                f"model {self._id} is published: its weights cannot be updated")
+        dest = self._upload_url
         capturer = self._task.capturer
-        if linked:  # a hooked framework save to the same path breaks our link first
-            with capturer._lock:
-                for key in linked:
-                    capturer._protected[key] = snapshot_id
+        record = capturer.journal_snapshot(
+            files, source=source or "", kind=kind, name=row["name"],
+            framework=_guess_framework(files[0][1]) if kind == "file" else None,
+            iteration=iteration, model_id=self._id, dest=dest, is_package=is_package,
+            strict=True)
         if auto_delete:
             for full, _rel in files:
                 try:
@@ -1160,15 +1128,19 @@ class OutputModel(Model):
                     pass
             if kind == "dir" and root and len(paths) == 1 and os.path.isdir(paths[0]):
                 shutil.rmtree(paths[0], ignore_errors=True)
-        pipeline = self._pipeline()
         if async_enable:
-            if not capturer.offline:
-                pipeline.submit(snapshot_id)
             return None
-        if not pipeline.finish_snapshot(snapshot_id):
-            snap = self._catalog.snapshot(snapshot_id) or {}
+        worker = self._store.worker
+        worker.start()
+        if not worker.event_for(record.rid).wait(self._task.settings.exit_timeout):
+            raise ValueError(f"storing the weights of model {self._id} did not finish in "
+                             f"{self._task.settings.exit_timeout:.0f} s"
+                             + (f" ({worker.last_error})" if worker.last_error else "")
+                             + "; they stay journaled and are stored later")
+        snap = self._catalog.snapshot(record.rid) or {}
+        if snap.get("state") != "ready":
             raise ValueError(f"storing the weights of model {self._id} failed: "
-                             f"{snap.get('error') or snap.get('state')}")
+                             f"{snap.get('error') or snap.get('state') or worker.outcome(record.rid)}")
         return self.url
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.config import BUILTIN_BLOB_SCHEMES, Settings, lookup
 from clearml_hooks.hooks.selection import FRAMEWORK_KEYS, parse_auto_connect
+from clearml_hooks.launch import env as launch_env
 from clearml_hooks.task_compat import TaskCompatMixin
 from clearml_hooks.task_registry import TaskRegistryMixin
 
@@ -59,6 +60,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
     TaskTypes = TaskTypes
 
     _current: Task | None = None
+    attached = False  # joined a task that another process registered (``_attach``)
     _lock = threading.RLock()
     _atexit_registered = False
 
@@ -76,7 +78,6 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
         self.closed = False
         self.inert = False
         self._logger: Logger | None = None
-        self._created = threading.Event()
 
     # -- ClearML's class API ------------------------------------------------------------------
 
@@ -102,6 +103,9 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
         task_type = getattr(task_type, "value", task_type) or "training"
         if task_type not in TASK_TYPES:
             raise ValueError(f"task_type {task_type!r} is not one of: {', '.join(TASK_TYPES)}")
+        joined = launch_env.joined_task(auto_connect_frameworks)  # clearml-hooks run, a parent
+        if joined is not None:
+            return cls._attach(**joined)
         with cls._lock:
             current = cls._current
             if current is not None and not current.closed:
@@ -115,27 +119,84 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             settings = Settings.resolve(output_uri=output_uri)
             _check_output_uri(output_uri)
             from clearml_hooks.store import store_for
-            from clearml_hooks.store.pipeline import Capturer
+            from clearml_hooks.store.capture import Capturer
 
             store = store_for(settings)
             task_id = os.urandom(16).hex()
-            capturer = Capturer(store, task_id, offline=settings.offline)
+            header = {"t": "task", "task": task_id, "project": project, "name": name,
+                      "type": task_type, "tags": list(tags or ()), "ts": time.time(),
+                      "host": os.uname().nodename if hasattr(os, "uname") else "",
+                      "pid": os.getpid()}
+            capturer = Capturer(store, task_id, offline=settings.offline, task_header=header)
             task = cls(task_id=task_id, project=project, name=name, task_type=task_type,
                        tags=tags or (), store=store, capturer=capturer, settings=settings)
             from clearml_hooks.hooks import process
             from clearml_hooks.hooks.registry import registry
 
             if process.capture_allowed():
-                threading.Thread(target=task._register, name="clearml-hooks-task",
-                                 daemon=True).start()
+                capturer.start()  # the task is journaled; the catalog learns it in the background
                 registry().instrument(selection, capturer)
+                # Python children (spawn, torchrun, subprocess) join this task
+                launch_env.export(task_id, project, name, task_type, auto_connect_frameworks,
+                                  output_uri)
             else:
                 # rank != 0 or a forked worker re-running the script: one task per run, not per
                 # process; this one captures nothing and registers nothing
                 task.inert = True
-                task._created.set()
-                capturer.registered.set()
                 log.debug("clearml-hooks: not rank 0 / a worker process: Task.init is inert")
+            cls._current = task
+            if not cls._atexit_registered:
+                atexit.register(_at_exit)
+                cls._atexit_registered = True
+            return task
+
+    @classmethod
+    def _attach(cls, task_id: str, project: str, name: str, task_type: str = "training",
+                auto_connect_frameworks: bool | dict = True, output_uri: str | None = None,
+                *, owner: bool = False) -> Task:
+        """Join a task that another process registered (``clearml-hooks run``, the parent of
+        a spawned rank): hooks on as in ``init``, but no task of its own and no end status.
+
+        Called by ``init`` and by the boot ``sitecustomize``; a second call returns the same
+        task, re-filtered when the script names its own ``auto_connect_frameworks``.
+        ``owner``: this process chose the id and named it to its children before starting
+        them (``clearml-hooks run``): it registers the task and reports its end.
+        """
+        from clearml_hooks.hooks import process
+        from clearml_hooks.hooks.registry import registry
+
+        with cls._lock:
+            current = cls._current
+            if current is not None and not current.closed:
+                if current.id == task_id and auto_connect_frameworks is not True \
+                        and not current.inert:
+                    registry().instrument(_selection(auto_connect_frameworks), current.capturer)
+                return current
+            selection = _selection(auto_connect_frameworks)
+            settings = Settings.resolve(output_uri=output_uri)
+            from clearml_hooks.store import store_for
+            from clearml_hooks.store.capture import Capturer
+
+            store = store_for(settings)
+            # the same task record as the owner's: ingesting it is idempotent, and journaled
+            # first here it orders this process's snapshots after their task
+            owner = os.environ.get(launch_env.TASK_PID, "")
+            header = {"t": "task", "task": task_id, "project": project, "name": name,
+                      "type": task_type, "tags": [], "ts": launch_env.started(),
+                      "host": os.uname().nodename if hasattr(os, "uname") else "",
+                      "pid": int(owner) if owner.isdigit() else os.getpid()}
+            capturer = Capturer(store, task_id, offline=settings.offline, task_header=header)
+            task = cls(task_id=task_id, project=project, name=name, task_type=task_type,
+                       tags=(), store=store, capturer=capturer, settings=settings)
+            task.attached = not owner
+            if process.capture_allowed():
+                if owner:
+                    capturer.start()
+                # else no capturer.start(): the task record is journaled with the first
+                # snapshot, so a process that captures nothing (another rank, a helper) is free
+                registry().instrument(selection, capturer)
+            else:
+                task.inert = True  # another rank, a worker: joins, captures nothing
             cls._current = task
             if not cls._atexit_registered:
                 atexit.register(_at_exit)
@@ -149,7 +210,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
     @classmethod
     def get_task(cls, task_id: str) -> TaskRecord:
-        from clearml_hooks.store import default_store
+        from clearml_hooks.models import default_store
 
         row = default_store().catalog.get_task(task_id)
         if row is None:
@@ -158,34 +219,25 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def _register(self) -> None:
-        try:
-            self.store.catalog.create_task(self.id, self.project, self.name, self.task_type,
-                                           self.tags)
-            self.capturer.registered.set()
-            from clearml_hooks.store.pipeline import Recover
-
-            self.capturer.pipeline.submit(Recover())
-        except Exception:
-            from clearml_hooks.hooks import contract
-
-            try:
-                contract.agent_error("registering the task in the model store")
-            except Exception:
-                pass
-        finally:
-            self._created.set()
-            self.capturer.registered.set()  # never leave a hook waiting on a failed store
-
     def wait_registered(self, timeout: float | None = 120.0) -> None:
-        self._created.wait(timeout)
+        """Wait until the task row is in the catalog (API calls that read it need it)."""
+        if self.inert:
+            return
         self.store.wait()
+        if not self.capturer.wait_task_ingested(timeout):
+            from clearml_hooks.store import StoreUnavailable
+
+            worker = self.store.worker
+            raise StoreUnavailable(
+                f"task {self.id} is not in the model store yet after {timeout} s"
+                + (f" ({worker.last_error})" if worker.last_error else "")
+                + "; captured snapshots are safe in the local journal")
 
     def flush(self, wait_for_uploads: bool = False, timeout: float | None = None) -> bool:
         """Wait (if asked) until every captured snapshot is stored. True when nothing is left."""
-        self.wait_registered()
         if not wait_for_uploads:
-            return self.capturer.pipeline.outstanding() == 0
+            return self.capturer.pending() == 0
+        self.store.worker.start()
         return self.capturer.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
@@ -200,13 +252,15 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             self.closed = True
             if Task._current is self:
                 Task._current = None
+            launch_env.unexport(self.id)
         if self.inert:
             return
+        if not self.attached:  # the process that registered the task reports its end
+            self.capturer.journal_status("completed")
         _drain(self, self.settings.exit_timeout if timeout is None else timeout)
-        try:
-            self.store.catalog.update_task(self.id, status="completed")
-        except Exception:
-            log.warning("clearml-hooks: could not mark task %s completed", self.id)
+        if Task._current is None:
+            # nothing captures now: a journal with records left becomes recoverable by others
+            self.store.close_journal()
 
     def mark_completed(self) -> None:
         self.close()
@@ -323,57 +377,35 @@ def _script_name() -> str:
 
 
 def _drain(task: Task, timeout: float) -> None:
-    start = time.monotonic()
-    try:
-        task.wait_registered(timeout)
-        task.capturer.flush(timeout)
-        if not task.capturer.stats.get("saves"):
-            return
-        from clearml_hooks.store.pipeline import OWNER
+    """Give the worker a bounded time to store what is journaled; say what is left.
 
-        left = [snap for snap in task.store.catalog.pending_snapshots() if snap["owner"] == OWNER]
-        remaining = timeout - (time.monotonic() - start)
-        if left and not task.capturer.offline and remaining > 0:
-            # one last try (the object store may be back), within the exit budget
-            task.capturer.pipeline.retry_pending([snap["id"] for snap in left])
-            task.capturer.flush(remaining)
-            left = [snap for snap in task.store.catalog.pending_snapshots()
-                    if snap["owner"] == OWNER]
+    An embedded (SQLite) store that was never opened and holds nothing but the task's own
+    records is left to the next process that opens it: a run that saved nothing pays nothing.
+    """
+    capturer = task.capturer
+    if capturer.offline:
+        saves = capturer.stats.get("saves", 0)
+        if saves:
+            log.warning("clearml-hooks: offline: %d snapshot(s) of task %s are journaled in %s; "
+                        "run `clearml-hooks sync` to store them", saves, task.id,
+                        task.store.journal_root)
+        return
+    start = time.monotonic()
+    lazy = not task.store.is_open and task.settings.catalog_url.startswith("sqlite") and \
+        not capturer.stats.get("saves") and not capturer.stats.get("loads")
+    if lazy:
+        return
+    try:
+        task.store.worker.start()
+        capturer.flush(timeout)
+        left = capturer.pending()
         if left:
             log.warning(
-                "clearml-hooks: %d snapshot(s) of task %s are still pending after %.0f s; they "
+                "clearml-hooks: %d record(s) of task %s are not stored yet after %.0f s; they "
                 "are journaled and will be finished by the next run or `clearml-hooks sync`",
-                len(left), task.id, time.monotonic() - start)
+                left, task.id, time.monotonic() - start)
     except Exception as exc:
         log.warning("clearml-hooks: could not finish pending snapshots: %s", exc)
-
-
-def _after_fork_in_child() -> None:
-    """The parent's registration thread does not exist in a forked child: wait for its row."""
-    task = Task._current
-    if task is None or task._created.is_set():
-        return
-    task._created = threading.Event()
-
-    def await_parent() -> None:
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline:
-                if task.store.catalog.get_task(task.id) is not None:
-                    break
-                time.sleep(0.05)
-        except Exception:
-            pass
-        finally:
-            task._created.set()
-            task.capturer.registered.set()
-
-    threading.Thread(target=await_parent, name="clearml-hooks-task", daemon=True).start()
-
-
-if hasattr(os, "register_at_fork"):
-    # (the bounded waits before a fork are in clearml_hooks.store._before_fork)
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _at_exit() -> None:

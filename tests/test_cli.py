@@ -141,8 +141,10 @@ def test_sync_finishes_snapshots_of_dead_processes(store_dir, tmp_path, invoke):
     from clearml_hooks.config import Settings
     from clearml_hooks.store import store_for
 
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
-    assert len(store.catalog.pending_snapshots()) == 1
+    store = store_for(Settings.resolve(home=str(store_dir)))
+    status = json.loads(invoke("status", "--json").output)
+    assert status["pending_snapshots"] == 1
+    assert store.catalog.pending_snapshots() == []  # journaled, not in the catalog yet
     out = invoke("sync", "--json")
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
@@ -151,4 +153,5 @@ def test_sync_finishes_snapshots_of_dead_processes(store_dir, tmp_path, invoke):
     model = Model(report["finished"][0]["model"], store=store)
     assert open(model.get_local_copy(), "rb").read() == b"offline bytes"
     again = invoke("sync")
-    assert again.exit_code == 0 and "0 snapshot(s) finished" in again.output
+    assert again.exit_code == 0 and "nothing to sync" in again.output
+    assert json.loads(invoke("status", "--json").output)["pending_snapshots"] == 0

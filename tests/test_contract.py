@@ -13,12 +13,13 @@ import torch
 from clearml_hooks import Task
 from clearml_hooks.config import Settings
 from clearml_hooks.store import Store
-from clearml_hooks.store.pipeline import Pipeline
+from clearml_hooks.store.journal import describe
+from clearml_hooks.store.worker import recover
 from tests.conftest import run_script
 
 
 def _open(store_dir: Path) -> Store:
-    return Store(Settings.resolve(output_uri=str(store_dir)), background=False)
+    return Store(Settings.resolve(output_uri=str(store_dir)))
 
 
 def _snapshots(store: Store) -> list[dict]:
@@ -45,7 +46,7 @@ def test_overwrite_right_after_save_keeps_each_snapshot_intact(task, tmp_path):
     (model,) = task.models["output"]
     stored = [Path(model.get_local_copy(version=v)).read_bytes() for v in range(1, 6)]
     assert stored == written
-    assert task.capture_stats.get("protected_by_copy", 0) == 0  # hard links, no copy
+    assert task.capture_stats.get("staged_copy", 0) == 0  # hard links, no copy
 
 
 def test_deleting_the_file_right_after_save_loses_nothing(task, tmp_path):
@@ -73,8 +74,9 @@ def test_snapshot_is_journaled_when_the_call_returns(store_dir, tmp_path, monkey
     monkeypatch.setenv("CLEARML_HOOKS_OFFLINE", "1")  # nothing finishes in the background
     with Task.init(project_name="p", task_name="journal", output_uri=str(store_dir)) as task:
         torch.save({"w": 1}, tmp_path / "j.pt")
-        (snap,) = _snapshots(task.store)
-        assert snap["state"] == "pending" and snap["source_path"] == str(tmp_path / "j.pt")
+        (journal,) = describe(str(store_dir / "journal"))
+        (snap,) = [r.header for r in journal.pending if r.header["t"] == "snap"]
+        assert snap["src"] == str(tmp_path / "j.pt") and journal.alive
 
 
 def _saves_then_exits(tmp_path: Path, count: int, numel: int) -> tuple[Path, Path]:
@@ -103,13 +105,15 @@ def test_exit_timeout_leaves_snapshots_pending_and_says_so(tmp_path):
     store, script = _saves_then_exits(tmp_path, 4, 25_000_000)
     out = run_script(script, env={"CLEARML_HOOKS_EXIT_TIMEOUT": "0"})
     assert out.returncode == 0, out.stderr
-    assert "still pending" in out.stderr and "clearml-hooks sync" in out.stderr
+    assert "not stored yet" in out.stderr and "clearml-hooks sync" in out.stderr
     snaps = _snapshots(_open(store))
-    assert len(snaps) == 4 and any(s["state"] == "pending" for s in snaps)
+    assert len(snaps) < 4 or any(s["state"] == "pending" for s in snaps)
     # the next process that opens the store finishes them
-    recovered = Pipeline(_open(store)).recover()
-    assert len(recovered) >= 1
-    assert {s["state"] for s in _snapshots(_open(store))} == {"ready"}
+    result = recover(_open(store))
+    assert len(result.items) >= 1 and not result.errors
+    snaps = _snapshots(_open(store))
+    assert len(snaps) == 4 and {s["state"] for s in snaps} == {"ready"}
+    assert os.listdir(store / "journal") == [] and os.listdir(store / "staging") == []
 
 
 @pytest.mark.parametrize("offline", ["1", "0"])
@@ -127,10 +131,10 @@ def test_sigkill_leaves_snapshot_that_next_process_finishes(tmp_path, offline):
     assert out.returncode == -signal.SIGKILL
     expected = (tmp_path / "k.pt").read_bytes()
     (tmp_path / "k.pt").unlink()  # the user's file is gone: the journal must have its bytes
-    before = _snapshots(_open(store))
-    assert len(before) == 1
-    if offline == "1":
-        assert before[0]["state"] == "pending"
+    (journal,) = describe(str(store / "journal"))
+    assert not journal.alive
+    assert [r.header["src"] for r in journal.pending if r.header["t"] == "snap"] == [
+        str(tmp_path / "k.pt")]
     # the next process to open the store (a new task) finishes it
     with Task.init(project_name="p", task_name="next", output_uri=str(store)) as task:
         task.flush(wait_for_uploads=True)
@@ -266,7 +270,7 @@ def test_file_on_another_filesystem_is_still_not_copied_in_the_training_thread(t
         torch.save({"w": torch.arange(1000.0)}, path)
         first = path.read_bytes()
         torch.save({"w": torch.zeros(1000)}, path)
-        assert task.capture_stats.get("protected_by_copy", 0) == 0
+        assert task.capture_stats.get("staged_copy", 0) == 0
         task.flush(wait_for_uploads=True)
         (model,) = task.models["output"]
         assert Path(model.get_local_copy(version=1)).read_bytes() == first
@@ -355,27 +359,26 @@ def test_recovery_removes_abandoned_staging_but_keeps_pending(tmp_path, monkeypa
     store_dir = tmp_path / "store"
     monkeypatch.setenv("CLEARML_HOOKS_OFFLINE", "1")
     with Task.init(project_name="p", task_name="orphans", output_uri=str(store_dir)):
-        torch.save({"w": 1}, tmp_path / "pending.pt")  # journaled, left pending (offline)
+        torch.save({"w": torch.zeros(100_000)}, tmp_path / "pending.pt")  # linked, journaled
     staging = store_dir / "staging"
-    orphan = staging / "deadbeef"  # linked by a process killed before it journaled
-    orphan.mkdir()
-    (orphan / "m.pt").write_bytes(b"x")
+    orphan = staging / "deadhost-1-1"  # a process killed before it journaled anything
+    (orphan / "abc").mkdir(parents=True)
+    (orphan / "abc" / "m.pt").write_bytes(b"x")
     old = os.stat(orphan).st_mtime - 7200
     os.utime(orphan, (old, old))
-    pending_dirs = [p for p in staging.iterdir() if p != orphan]
-    assert len(pending_dirs) == 1
-    for p in pending_dirs:
-        os.utime(p, (old, old))
-    removed = Pipeline(_open(store_dir)).remove_orphan_staging()
-    assert removed == [str(orphan)]
-    assert [p for p in staging.iterdir()] == pending_dirs
+    (pending_dir,) = [p for p in staging.iterdir() if p != orphan]
+    os.utime(pending_dir, (old, old))
+    monkeypatch.delenv("CLEARML_HOOKS_OFFLINE")
+    result = recover(_open(store_dir))
+    assert [i["outcome"] for i in result.items] == ["ready"]
+    assert list(staging.iterdir()) == []  # the orphan, and the stored snapshot's staging
 
 
 def test_an_older_catalog_gets_indexes_added_later(tmp_path):
     import sqlite3
 
     store_dir = tmp_path / "store"
-    _open(store_dir)
+    _open(store_dir).wait()
     db = sqlite3.connect(store_dir / "catalog.db")
     db.execute("DROP INDEX ix_models_updated")
     db.commit()

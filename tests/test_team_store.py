@@ -53,7 +53,7 @@ def test_lineage_across_processes_on_the_team_store(team_store, tmp_path):
     from clearml_hooks.config import Settings
     from clearml_hooks.store import Store
 
-    catalog = Store(Settings.resolve(), background=False).catalog
+    catalog = Store(Settings.resolve()).catalog
     tasks = {t["name"]: t for t in catalog.list_tasks(project="team")}
     produced = [r for r in catalog.task_models(tasks["train"]["id"]) if r["direction"] == "output"]
     consumed = [r for r in catalog.task_models(tasks["evaluate"]["id"]) if r["direction"] == "input"]
@@ -83,7 +83,7 @@ def test_unreachable_object_store_leaves_snapshot_pending_then_sync_finishes(tea
     from clearml_hooks.config import Settings
     from clearml_hooks.store import Store
 
-    catalog = Store(Settings.resolve(), background=False).catalog
+    catalog = Store(Settings.resolve()).catalog
     (pending,) = catalog.pending_snapshots()
     sync = subprocess.run([sys.executable, "-m", "clearml_hooks", "sync"],
                           env={**os.environ, "PYTHONPATH": str(REPO),
@@ -94,7 +94,7 @@ def test_unreachable_object_store_leaves_snapshot_pending_then_sync_finishes(tea
     assert catalog.snapshot(pending["id"])["state"] == "ready"
     from clearml_hooks.models import Model
 
-    model = Model(pending["model_id"], store=Store(Settings.resolve(), background=False))
+    model = Model(pending["model_id"], store=Store(Settings.resolve()))
     assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == expected
 
 

@@ -1,13 +1,14 @@
-"""The pluggable model store: a catalog (metadata) plus a blob store (bytes).
+"""The pluggable model store: a catalog (metadata) plus a blob store (bytes), fed by a journal.
 
-``Store`` opens both in a background thread, so ``Task.init`` does not pay for importing
-SQLAlchemy or fsspec (~250 ms together); anything that needs them waits on ``ready``.
+``Store`` opens the catalog and the blob store on first use, never in ``Task.init``: capture only
+needs the local journal (``store.journal``), and the background worker (``store.worker``) is
+the first to touch SQLAlchemy, fsspec and the network. A script that saves nothing and exits
+never imports them.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,8 @@ from clearml_hooks.config import Settings
 if TYPE_CHECKING:
     from clearml_hooks.store.blobs import BlobStore
     from clearml_hooks.store.catalog import SqlCatalog
-
-OPEN_TIMEOUT = 120.0
+    from clearml_hooks.store.journal import Journal
+    from clearml_hooks.store.worker import Worker
 
 
 class StoreUnavailable(RuntimeError):
@@ -25,51 +26,58 @@ class StoreUnavailable(RuntimeError):
 
 
 class Store:
-    def __init__(self, settings: Settings, *, background: bool = True) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.home = settings.home
         self.staging_root = os.path.join(settings.home, "staging")
+        self.journal_root = os.path.join(settings.home, "journal")
         self._catalog: SqlCatalog | None = None
         self._blobs: BlobStore | None = None
-        self._error: BaseException | None = None
-        self._ready = threading.Event()
-        self._after_open: list = []
-        if background:
-            threading.Thread(target=self._open, name="clearml-hooks-open", daemon=True).start()
-        else:
-            self._open()
+        self._open_lock = threading.RLock()
+        self._journal: Journal | None = None
+        self._worker: Worker | None = None
+        self._device: int | None = None
+        self._lock = threading.Lock()
+
+    # -- catalog and blobs: opened on first use ---------------------------------------------------
 
     def _open(self) -> None:
-        try:
-            from clearml_hooks.store.blobs import open_blob_store
-            from clearml_hooks.store.catalog import SqlCatalog
+        with self._open_lock:
+            if self._catalog is not None and self._blobs is not None:
+                return
+            try:
+                from clearml_hooks.store.blobs import open_blob_store
+                from clearml_hooks.store.catalog import SqlCatalog
 
-            os.makedirs(self.staging_root, exist_ok=True)
-            self._catalog = SqlCatalog(self.settings.catalog_url)
-            self._blobs = open_blob_store(self.settings.blob_url)
-        except BaseException as exc:  # surfaced to whoever waits on the store
-            self._error = exc
-        finally:
-            self._ready.set()
+                if self._catalog is None:
+                    self._catalog = SqlCatalog(self.settings.catalog_url,
+                                               timeout=self.settings.catalog_timeout)
+                if self._blobs is None:
+                    self._blobs = open_blob_store(self.settings.blob_url)
+            except Exception as exc:
+                raise StoreUnavailable(
+                    f"cannot open the model store (catalog {_redact(self.settings.catalog_url)}, "
+                    f"blobs {self.settings.blob_url}): {type(exc).__name__}: {exc}") from exc
 
-    def wait(self, timeout: float | None = OPEN_TIMEOUT) -> None:
-        if not self._ready.wait(timeout):
-            raise StoreUnavailable(f"the model store at {self.home} did not open in {timeout} s")
-        if self._error is not None:
-            raise StoreUnavailable(
-                f"cannot open the model store (catalog {self.settings.catalog_url}, blobs "
-                f"{self.settings.blob_url}): {type(self._error).__name__}: {self._error}"
-            ) from self._error
+    def wait(self, timeout: float | None = None) -> None:
+        """Open the store now (raises ``StoreUnavailable`` with the reason)."""
+        self._open()
+
+    @property
+    def is_open(self) -> bool:
+        return self._catalog is not None
 
     @property
     def catalog(self) -> SqlCatalog:
-        self.wait()
+        if self._catalog is None:
+            self._open()
         assert self._catalog is not None
         return self._catalog
 
     @property
     def blobs(self) -> BlobStore:
-        self.wait()
+        if self._blobs is None:
+            self._open()
         assert self._blobs is not None
         return self._blobs
 
@@ -77,81 +85,141 @@ class Store:
     def cache_dir(self) -> str:
         return os.path.join(self.home, "cache")
 
+    # -- capture: journal, staging, worker --------------------------------------------------------
+
+    @property
+    def journal(self) -> Journal:
+        with self._lock:
+            if self._journal is None:
+                from clearml_hooks.store.journal import Journal
+                from clearml_hooks.store.owner import current_owner
+
+                self._journal = Journal(self.journal_root, current_owner(),
+                                        fsync=self.settings.journal_fsync)
+                import atexit
+
+                atexit.register(self.close_journal)  # after the tasks' exit waits (LIFO)
+            return self._journal
+
+    def close_journal(self) -> None:
+        """At exit: a journal with nothing left is removed with this process's staging."""
+        journal = self._journal
+        if journal is None or journal._pid != os.getpid():
+            return
+        name = journal.name
+        if journal.close():
+            from clearml_hooks.store.staging import remove_staging
+
+            remove_staging([os.path.join(self.staging_root, name)])
+
+    @property
+    def worker(self) -> Worker:
+        journal = self.journal
+        with self._lock:
+            if self._worker is None:
+                from clearml_hooks.store.worker import Worker
+
+                self._worker = Worker(self, journal)
+                self._worker.job_timeout = self.settings.job_timeout
+            return self._worker
+
+    @property
+    def staging_dir(self) -> str:
+        """This process's staging folder (removed with its journal once all is stored)."""
+        return os.path.join(self.staging_root, self.journal.name)
+
+    def staging_device(self) -> int:
+        if self._device is None:
+            os.makedirs(self.staging_root, exist_ok=True)
+            self._device = os.stat(self.staging_root).st_dev
+        return self._device
+
+
+def _redact(url: str) -> str:
+    """A catalog URL without its password, for messages."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
 
 _stores: dict[tuple, Store] = {}
 _lock = threading.Lock()
 
 
-def store_for(settings: Settings, *, background: bool = True) -> Store:
+def store_for(settings: Settings) -> Store:
     """One Store per (catalog, blobs) per process."""
     key = (settings.home, settings.catalog_url, settings.blob_url)
     with _lock:
         store = _stores.get(key)
         if store is None:
-            store = _stores[key] = Store(settings, background=background)
+            store = _stores[key] = Store(settings)
         return store
 
 
-def default_store() -> Store:
-    """The store that the environment and config file name (for the model API and the CLI)."""
-    from clearml_hooks.task import Task
+def open_store(settings: Settings | None = None) -> Store:
+    """The store that the environment and config file name, opened (model API, CLI)."""
+    store = store_for(settings or Settings.resolve())
+    store.wait()
+    return store
 
-    task = Task.current_task()
-    if task is not None:
-        return task.store
-    return store_for(Settings.resolve(), background=False)
+
+# -- fork safety ----------------------------------------------------------------------------------
+
+FORK_WAIT = 10.0
+_fork_acquired: list[Store] = []
+_catalog_acquired = False
+
+
+def _before_fork() -> None:
+    """Make a fork safe for a child that captures (DDP ``ddp_fork`` ranks, workers when
+    configured), each step bounded: let a store that is being opened finish (a fork mid-import
+    leaves the child half-imported modules), then hold the catalog lock so no thread is inside
+    the database at the fork."""
+    global _catalog_acquired
+    _fork_acquired.clear()
+    for store in list(_stores.values()):
+        if store._open_lock.acquire(timeout=FORK_WAIT):
+            _fork_acquired.append(store)
+    import sys
+
+    catalog = sys.modules.get("clearml_hooks.store.catalog")
+    _catalog_acquired = bool(catalog is not None and catalog.acquire_for_fork(FORK_WAIT))
+
+
+def _after_fork_in_parent() -> None:
+    import sys
+
+    catalog = sys.modules.get("clearml_hooks.store.catalog")
+    if catalog is not None:
+        catalog.release_after_fork(_catalog_acquired, child=False)
+    for store in _fork_acquired:
+        store._open_lock.release()
+    _fork_acquired.clear()
 
 
 def _after_fork_in_child() -> None:
-    """A forked child must not reuse the parent's database connections (SQLAlchemy's advice),
-    and must open a store itself if the parent's opener thread had not finished."""
+    """The child gets fresh locks, and no database connection of the parent's (SQLAlchemy's
+    advice); its journal and worker renew themselves on first use."""
+    import sys
+
+    catalog_module = sys.modules.get("clearml_hooks.store.catalog")
+    if catalog_module is not None:
+        catalog_module.release_after_fork(_catalog_acquired, child=True)
     for store in list(_stores.values()):
-        if not store._ready.is_set():
-            store._ready = threading.Event()
-            threading.Thread(target=store._open, name="clearml-hooks-open", daemon=True).start()
-            continue
+        store._open_lock = threading.RLock()
+        store._lock = threading.Lock()
         catalog = store._catalog
         if catalog is not None:
             try:
                 catalog.engine.dispose(close=False)
             except Exception:
                 pass
+    _fork_acquired.clear()
 
-
-def _before_fork() -> None:
-    """Make a fork safe for a child that captures (DDP ``ddp_fork`` ranks, and workers when
-    configured), in this order, each bounded: let the task's registration and a store that is
-    still opening finish (a fork mid-import leaves the child with half-imported modules), then
-    hold the catalog lock so no thread is inside the database at the fork."""
-    global _fork_acquired
-    _fork_acquired = False
-    task_module = sys.modules.get("clearml_hooks.task")
-    task = getattr(getattr(task_module, "Task", None), "_current", None)
-    if task is not None:
-        task._created.wait(FORK_WAIT)
-    for store in list(_stores.values()):
-        store._ready.wait(FORK_WAIT)
-    catalog = sys.modules.get("clearml_hooks.store.catalog")
-    if catalog is not None:
-        _fork_acquired = catalog.acquire_for_fork(FORK_WAIT)
-
-
-def _after_fork_in_parent() -> None:
-    catalog = sys.modules.get("clearml_hooks.store.catalog")
-    if catalog is not None:
-        catalog.release_after_fork(_fork_acquired, child=False)
-
-
-def _after_fork_child() -> None:
-    catalog = sys.modules.get("clearml_hooks.store.catalog")
-    if catalog is not None:
-        catalog.release_after_fork(_fork_acquired, child=True)
-    _after_fork_in_child()
-
-
-FORK_WAIT = 10.0
-_fork_acquired = False
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_child)
+                        after_in_child=_after_fork_in_child)

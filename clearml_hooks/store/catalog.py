@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -45,8 +45,6 @@ def release_after_fork(acquired: bool, *, child: bool) -> None:
         _FORK_LOCK = threading.RLock()  # the child starts with no thread inside the catalog
     elif acquired:
         _FORK_LOCK.release()
-_INSERT_SNAPSHOT = s.snapshots.insert()
-_INSERT_FILE = s.snapshot_files.insert()
 
 
 def new_id() -> str:
@@ -65,8 +63,9 @@ class SqlCatalog:
     """Metadata store. ``url`` is a SQLAlchemy URL (``sqlite:////path/catalog.db``,
     ``postgresql+psycopg://user@host/db``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url
+        self.timeout = timeout
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = threading.RLock()
         self.engine = self._make_engine(url)
@@ -78,7 +77,15 @@ class SqlCatalog:
         if not self.is_sqlite:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://"):]
-            return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+            # bounded: a server that is down, frozen or never answers fails a call in about
+            # ``timeout`` seconds (only the background worker and the API ever wait on it)
+            seconds = max(1, int(self.timeout))
+            connect_args = {"connect_timeout": seconds, "keepalives": 1, "keepalives_idle": 10,
+                            "keepalives_interval": 5, "keepalives_count": 3,
+                            "tcp_user_timeout": seconds * 1000,
+                            "options": f"-c statement_timeout={seconds * 1000}"}
+            return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4,
+                                 pool_timeout=seconds, connect_args=connect_args)
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -198,104 +205,7 @@ class SqlCatalog:
         with self.read() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    # -- snapshots: the capture journal -------------------------------------------------------
-
-    def journal_snapshot(self, *, task_id: str, source: str, name: str, framework: str,
-                         kind: str, staging: str, files: Sequence[tuple[str, int]],
-                         iteration: int | None, owner: str, source_size: int | None,
-                         source_mtime_ns: int | None, project_id: str | None = None,
-                         known: tuple[str, int] | None = None) -> tuple[str, str, int]:
-        """Record a pending snapshot of (task, source); returns (model_id, snapshot_id, version).
-
-        One short transaction in the training thread: the snapshot is durable once this
-        returns. ``known`` = (model_id, next version) from the caller's cache skips the lookups,
-        so a repeated save of a path is two INSERTs; on a conflict (another process of the same
-        task saved it too) it falls back to looking the model up.
-        """
-        if known is not None:
-            try:
-                return self._journal(known[0], known[1], None, task_id=task_id, source=source,
-                                     name=name, framework=framework, kind=kind, staging=staging,
-                                     files=files, iteration=iteration, owner=owner,
-                                     source_size=source_size, source_mtime_ns=source_mtime_ns)
-            except IntegrityError:
-                pass
-        return self._journal(None, None, project_id, task_id=task_id, source=source, name=name,
-                             framework=framework, kind=kind, staging=staging, files=files,
-                             iteration=iteration, owner=owner, source_size=source_size,
-                             source_mtime_ns=source_mtime_ns)
-
-    def _journal(self, model_id: str | None, version: int | None, project_id: str | None, *,
-                 task_id: str, source: str, name: str, framework: str, kind: str, staging: str,
-                 files: Sequence[tuple[str, int]], iteration: int | None, owner: str,
-                 source_size: int | None, source_mtime_ns: int | None) -> tuple[str, str, int]:
-        t = now()
-        with self.write() as conn:
-            if model_id is None:
-                model_id = conn.execute(select(s.models.c.id).where(
-                    s.models.c.task_id == task_id, s.models.c.source == source)).scalar()
-                if model_id is None:
-                    if project_id is None:
-                        project_id = conn.execute(select(s.tasks.c.project_id).where(
-                            s.tasks.c.id == task_id)).scalar()
-                    model_id = new_id()
-                    conn.execute(s.models.insert().values(
-                        id=model_id, project_id=project_id, task_id=task_id, name=name,
-                        source=source, origin="captured", framework=framework, comment="",
-                        tags="[]", system_tags="[]", labels="{}", is_package=kind != "file",
-                        published=False, archived=False, ready=False, iteration=iteration,
-                        created=t, updated=t))
-                    conn.execute(s.task_models.insert().values(
-                        task_id=task_id, model_id=model_id, direction="output", name=name,
-                        created=t))
-                    version = 1
-                else:
-                    version = (conn.execute(select(func.max(s.snapshots.c.version)).where(
-                        s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
-            snapshot_id = new_id()
-            # prebuilt statements with parameter dicts: no per-call expression building, which
-            # is most of the time of a small transaction in the training thread
-            conn.execute(_INSERT_SNAPSHOT, {
-                "id": snapshot_id, "model_id": model_id, "version": version,
-                "iteration": iteration, "state": "pending", "kind": kind,
-                "source_path": source, "source_size": source_size,
-                "source_mtime_ns": source_mtime_ns, "staging": staging, "owner": owner,
-                "created": t})
-            if files:
-                conn.execute(_INSERT_FILE, [
-                    {"snapshot_id": snapshot_id, "relpath": rel, "size": size} for rel, size in files])
-            return model_id, snapshot_id, version
-
-    def complete_snapshot(self, snapshot_id: str, *, files: Sequence[tuple[str, str, int]],
-                          digest: str, size: int, uri: str) -> None:
-        """Mark a snapshot stored; its model points at it if it is the newest stored one."""
-        t = now()
-        with self.write() as conn:
-            snap = conn.execute(select(s.snapshots).where(s.snapshots.c.id == snapshot_id)).mappings().first()
-            if snap is None or snap["state"] == "ready":
-                return
-            conn.execute(s.snapshot_files.delete().where(s.snapshot_files.c.snapshot_id == snapshot_id))
-            conn.execute(s.snapshot_files.insert(), [
-                {"snapshot_id": snapshot_id, "relpath": rel, "sha256": sha, "size": sz}
-                for rel, sha, sz in files])
-            conn.execute(update(s.snapshots).where(s.snapshots.c.id == snapshot_id).values(
-                state="ready", digest=digest, size=size, completed=t, staging=None, error=None))
-            model = conn.execute(select(s.models.c.latest_snapshot_id).where(
-                s.models.c.id == snap["model_id"])).first()
-            newest = True
-            if model and model[0]:
-                current = conn.execute(select(s.snapshots.c.version).where(
-                    s.snapshots.c.id == model[0])).scalar()
-                newest = current is None or snap["version"] >= current
-            if newest:
-                conn.execute(update(s.models).where(s.models.c.id == snap["model_id"]).values(
-                    latest_snapshot_id=snapshot_id, uri=uri, ready=True, updated=t,
-                    iteration=snap["iteration"]))
-
-    def fail_snapshot(self, snapshot_id: str, error: str) -> None:
-        with self.write() as conn:
-            conn.execute(update(s.snapshots).where(s.snapshots.c.id == snapshot_id).values(
-                state="failed", error=error[:2000], completed=now()))
+    # -- snapshots (written by store.ingest) ------------------------------------------------------
 
     def snapshot(self, snapshot_id: str) -> dict | None:
         with self.read() as conn:
@@ -315,15 +225,6 @@ class SqlCatalog:
         with self.read() as conn:
             return [dict(r) for r in conn.execute(select(s.snapshots).where(
                 s.snapshots.c.state == "pending").order_by(s.snapshots.c.created)).mappings()]
-
-    def claim_snapshot(self, snapshot_id: str, old_owner: str | None, new_owner: str) -> bool:
-        """Take over a pending snapshot atomically (recovery after a crash)."""
-        with self.write() as conn:
-            result = conn.execute(update(s.snapshots).where(
-                s.snapshots.c.id == snapshot_id, s.snapshots.c.state == "pending",
-                s.snapshots.c.owner == old_owner if old_owner is not None
-                else s.snapshots.c.owner.is_(None)).values(owner=new_owner))
-            return result.rowcount == 1
 
     # -- lineage --------------------------------------------------------------------------------
 

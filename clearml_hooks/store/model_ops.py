@@ -153,6 +153,11 @@ def edit_tags(catalog: SqlCatalog, model_id: str, add: Iterable[str] = (),
 
 
 def _set_system_tag(conn: Connection, row: dict, tag: str, on: bool) -> list[str]:
+    return system_tags_with(row, tag, on)
+
+
+def system_tags_with(row: Mapping[str, Any], tag: str, on: bool) -> list[str]:
+    """A model row's system tags with ``tag`` switched on or off."""
     tags = [t for t in json.loads(row["system_tags"]) if t != tag]
     if on:
         tags.append(tag)

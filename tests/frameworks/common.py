@@ -134,7 +134,7 @@ def script_models(store_dir: Path, project: str, *,
     """(direction, name) -> model, for the one task a training script ran in ``project``;
     ``query_sees_outputs``: also assert that the registry's query API finds exactly its outputs
     (when every load is of a model the script wrote)."""
-    store = store_for(Settings.resolve(home=str(store_dir)), background=False)
+    store = store_for(Settings.resolve(home=str(store_dir)))
     [task_row] = store.catalog.list_tasks(project=project)
     models = {}
     for link in store.catalog.task_models(task_row["id"]):

@@ -174,7 +174,7 @@ def _store(home: Path):
     from clearml_hooks.config import Settings
     from clearml_hooks.store import store_for
 
-    return store_for(Settings.resolve(output_uri=str(home)), background=False)
+    return store_for(Settings.resolve(output_uri=str(home)))
 
 
 def test_save_into_a_compressing_file_object_is_not_captured_truncated(task, tmp_path):

@@ -1,0 +1,304 @@
+"""The hooks' sink: a hooked save becomes a staged, journaled snapshot before the call returns.
+
+In the training thread a save costs one ``stat``, one stage per file (inline bytes, a reflink or
+a hard link: see ``staging``) and one journal append. It never touches the catalog or the
+network, and never the user's files: everything else happens in the background worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from clearml_hooks.hooks.binding import Location
+from clearml_hooks.store import staging
+from clearml_hooks.store.journal import Record, new_id
+
+if TYPE_CHECKING:
+    from clearml_hooks.hooks.registry import Hook
+    from clearml_hooks.store import Store
+
+log = logging.getLogger("clearml_hooks")
+
+DEFAULT_MIN_FREE = 1 << 30  # stop staging when a filesystem would keep less than this free
+
+
+def location_files(location: Location) -> list[tuple[str, str]]:
+    """(absolute path, relative name) of every file a location covers."""
+    if location.kind == "file":
+        path = os.path.abspath(location.path)
+        return [(path, os.path.basename(path))]
+    if location.kind == "files":
+        return [(os.path.abspath(p), os.path.basename(p)) for p in location.files]
+    root = os.path.abspath(location.path)
+    out = []
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            out.append((full, os.path.relpath(full, root)))
+    return sorted(out, key=lambda item: item[1])
+
+
+class Capturer:
+    """Turns hooked calls of one task into journal records and hands them to the worker."""
+
+    def __init__(self, store: Store, task_id: str, *, offline: bool = False,
+                 task_header: dict[str, Any] | None = None) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.offline = offline
+        self.stats: Counter[str] = Counter()
+        self.iteration: int | None = None
+        self.inline_max = store.settings.inline_max
+        self.min_free = store.settings.staging_min_free
+        self._task_header = task_header
+        self._task_rid: str | None = None
+        self._journal_pid: int | None = None
+        self._linked: dict[str, list[dict[str, Any]]] = {}  # user's path -> pending link entries
+        self._clobbered: set[str] = set()  # paths written in place behind a pending link
+        self._seen_loads: set[tuple] = set()
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._start_timer: threading.Timer | None = None
+        store.worker.add_listener(self._on_resolved)
+
+    # -- the task record ------------------------------------------------------------------------
+
+    def start(self, delay: float = 2.0) -> None:
+        """Journal the task, and have the worker ingest it soon (not at once: a script that
+        saves nothing and exits quickly never pays for opening the catalog)."""
+        self._journal_task()
+        if self.offline:
+            return
+        timer = threading.Timer(delay, self._start_worker)
+        timer.daemon = True
+        timer.name = "clearml-hooks-start"
+        self._start_timer = timer
+        timer.start()
+
+    def _start_worker(self) -> None:
+        try:
+            self.store.worker.start()  # also queues the recovery of dead processes' journals
+        except Exception:
+            pass
+
+    def _journal_task(self) -> None:
+        if self._task_header is None or self._journal_pid == os.getpid():
+            return
+        self._journal_pid = os.getpid()
+        record = self.store.journal.append(dict(self._task_header, rid=new_id()))
+        self._task_rid = record.rid
+        if not self.offline:
+            self.store.worker.submit(record, start=False)
+
+    def wait_task_ingested(self, timeout: float | None) -> bool:
+        """Wait until the task row is in the catalog (for API calls that read it)."""
+        self._journal_task()
+        if self.offline and self._task_header is not None:
+            from clearml_hooks.store import ingest  # offline: the API still needs the row
+
+            ingest.ingest_task(self.store.catalog, self._task_header)
+            return True
+        if self._task_rid is None:
+            return True
+        worker = self.store.worker
+        worker.start()
+        return worker.event_for(self._task_rid).wait(timeout)
+
+    def journal_status(self, status: str) -> Record | None:
+        if self._task_header is None:
+            return None
+        self._journal_task()
+        record = self.store.journal.append({"t": "status", "rid": new_id(), "task": self.task_id,
+                                            "status": status})
+        if not self.offline:
+            self.store.worker.submit(record, start=False)
+        return record
+
+    # -- CaptureSink ----------------------------------------------------------------------------
+
+    def skipped(self, reason: str) -> None:
+        self.stats[f"skipped_{reason}"] += 1
+
+    @property
+    def protecting(self) -> bool:
+        return bool(self._linked)
+
+    def before_save(self, path: str) -> None:
+        """A hooked save is about to write ``path``: make private copies of the pending
+        hard-linked snapshots it would overwrite in place (the file, a directory's files, a
+        checkpoint prefix's files). The user's file is not touched."""
+        if not self._linked:
+            return
+        absolute = os.path.abspath(path)
+        with self._lock:
+            hits = [(p, list(entries)) for p, entries in self._linked.items()
+                    if p == absolute or p.startswith((absolute + os.sep, absolute + "."))]
+        for user_path, entries in hits:
+            for entry in entries:
+                if staging.make_private(entry, self.min_free):
+                    self.stats["private_copies"] += 1
+                else:
+                    self._clobbered_path(user_path)
+            with self._lock:
+                self._linked.pop(user_path, None)
+
+    def _clobbered_path(self, user_path: str) -> None:
+        self._clobbered.add(user_path)
+        self.stats["snapshots_overwritten"] += 1
+        self._warn_once("clobbered", "clearml-hooks: %s was rewritten in place before its "
+                        "previous snapshot was stored (an open file handle or another writer); "
+                        "that snapshot fails instead of storing other bytes, and later saves of "
+                        "this path are copied", user_path)
+
+    def saved(self, hook: Hook | None, location: Location, framework: str) -> None:
+        files = location_files(location)
+        if not files:
+            self.stats["skipped_nothing_written"] += 1
+            return
+        source = os.path.abspath(location.path)
+        iteration = location.iteration if location.iteration is not None else self.iteration
+        name = os.path.basename(source.rstrip(os.sep)) or source
+        self.journal_snapshot(files, source=source, kind=location.kind, name=name,
+                              framework=framework, iteration=iteration)
+
+    def journal_snapshot(self, files: list[tuple[str, str]], *, source: str, kind: str,
+                         name: str, framework: str | None, iteration: int | None,
+                         model_id: str | None = None, dest: str | None = None,
+                         is_package: bool | None = None, strict: bool = False) -> Record:
+        """Stage ``files`` and journal one snapshot of them. The snapshot is durable and its
+        bytes fixed when this returns. ``strict`` (update_weights): refuse what cannot be
+        staged instead of journaling a failed snapshot."""
+        self._journal_task()
+        rid = new_id()
+        entries: list[dict[str, Any]] = []
+        payloads: list[bytes] = []
+        folders: list[str] = []
+        error = None
+        try:
+            for full, rel in files:
+                staged = self._staged_path(full, rid, rel, folders)
+                entry, payload = staging.stage_file(
+                    full, staged, inline_max=self.inline_max, min_free=self.min_free,
+                    force_copy=full in self._clobbered)
+                entry["rel"] = rel
+                entries.append(entry)
+                if payload:
+                    payloads.append(payload)
+                self.stats[f"staged_{entry['how']}"] += 1
+        except staging.NotStaged as exc:
+            if strict:
+                staging.remove_staging(folders)
+                raise ValueError(str(exc)) from None
+            error = f"not staged: {exc}"
+            staging.remove_staging(folders)
+            entries = [{"rel": rel, "size": 0, "how": "none"} for _full, rel in files]
+            payloads = []
+            self.stats["not_staged"] += 1
+            self._warn_once("not-staged", "clearml-hooks: a snapshot of %s was not captured: %s. "
+                            "Your save is not affected.", source, exc)
+        except BaseException:
+            staging.remove_staging(folders)
+            raise
+        header: dict[str, Any] = {
+            "t": "snap", "rid": rid, "task": self.task_id, "src": source, "name": name,
+            "fw": framework, "kind": kind, "it": iteration, "ts": time.time(), "files": entries,
+            "staging": folders}
+        if kind == "file":
+            try:
+                st = os.stat(files[0][0])
+                header["src_size"], header["src_mtime_ns"] = st.st_size, st.st_mtime_ns
+            except OSError:
+                pass
+        if model_id:
+            header["model"] = model_id
+        if dest:
+            header["dest"] = dest
+        if is_package is not None:
+            header["package"] = is_package
+        if error:
+            header["error"] = error
+        try:
+            record = self.store.journal.append(header, b"".join(payloads))
+        except BaseException:
+            staging.remove_staging(folders)
+            raise
+        linked = [e for e in entries if e["how"] == "link"]
+        if linked:
+            with self._lock:
+                for (full, _rel), entry in zip(files, entries, strict=True):
+                    if entry["how"] == "link":
+                        entry["rid"] = rid
+                        self._linked.setdefault(full, []).append(entry)
+        self.stats["saves"] += 1
+        if not self.offline:
+            self.store.worker.submit(record)
+        return record
+
+    def _staged_path(self, full: str, rid: str, rel: str, folders: list[str]) -> str | None:
+        """Where a file is staged: under the store's staging folder when it is on the same
+        filesystem (a link is possible), else in a hidden folder beside it, else (nothing
+        writable there) the store's staging folder, where it is copied."""
+        home = os.path.join(self.store.staging_dir, rid)
+        try:
+            same = os.stat(full).st_dev == self.store.staging_device()
+        except OSError:
+            same = True
+        folder = home
+        if not same:
+            beside = os.path.dirname(full)
+            if os.access(beside, os.W_OK):
+                folder = os.path.join(beside, f".clearml-hooks-staging-{rid}")
+        if folder not in folders:
+            folders.append(folder)
+        return os.path.join(folder, rel)
+
+    def _on_resolved(self, record: Record, outcome: str) -> None:
+        if record.header.get("t") != "snap" or not self._linked:
+            return
+        with self._lock:
+            for path in list(self._linked):
+                kept = [e for e in self._linked[path] if e.get("rid") != record.rid]
+                if kept:
+                    self._linked[path] = kept
+                else:
+                    del self._linked[path]
+
+    def loaded(self, hook: Hook | None, location: Location, framework: str) -> None:
+        path = os.path.abspath(location.path)
+        try:  # a checkpoint prefix is not a file itself: stat its first file
+            st = os.stat(location.files[0] if location.kind == "files" and location.files else path)
+        except OSError:
+            self.stats["skipped_missing"] += 1
+            return
+        key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in self._seen_loads:
+            return
+        self._seen_loads.add(key)
+        self.stats["loads"] += 1
+        self._journal_task()
+        header = {"t": "load", "rid": new_id(), "task": self.task_id, "path": path,
+                  "kind": location.kind, "files": [os.path.abspath(p) for p in location.files],
+                  "fw": framework, "name": os.path.basename(path.rstrip(os.sep)),
+                  "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        record = self.store.journal.append(header)
+        if not self.offline:
+            self.store.worker.submit(record)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.store.worker.wait(timeout)
+
+    def pending(self) -> int:
+        return self.store.journal.outstanding()
+
+    def _warn_once(self, key: str, msg: str, *args: Any) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(msg, *args)

@@ -1,0 +1,308 @@
+"""The per-process capture journal: what makes a snapshot durable without the catalog.
+
+A hooked save appends one record here before it returns (one ``write`` to a file this process
+already holds open), so a kill -9, a frozen PostgreSQL or a full object store never loses it:
+the background worker ingests the records into the catalog and stores the bytes, and marks
+each one done. A journal whose process died is finished by the next process that opens the
+store, or by ``clearml-hooks sync``.
+
+Layout: ``<home>/journal/<owner>/`` holds ``lock`` (``flock``-ed by the owner for its whole
+life, so "is the owner alive?" is the kernel's answer, kill -9 included) and segments
+``000001.log``, ... Each record is one JSON header line, then ``n`` payload bytes (the bytes of
+a small saved file, inline). A torn tail (power loss mid-write) ends the reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: liveness falls back to the pid check
+    fcntl = None  # type: ignore[assignment]
+
+SEGMENT_MAX = 16 << 20  # start a new segment past this size, so finished ones can be removed
+WORK = frozenset({"task", "snap", "load", "status"})
+
+
+@dataclass
+class Record:
+    """One journal record: its header, and where its payload lies."""
+
+    header: dict[str, Any]
+    segment: str
+    offset: int  # of the payload
+    length: int
+
+    @property
+    def rid(self) -> str:
+        return self.header["rid"]
+
+    def payload(self, start: int = 0, length: int | None = None) -> bytes:
+        length = self.length - start if length is None else length
+        with open(self.segment, "rb") as f:
+            f.seek(self.offset + start)
+            data = f.read(length)
+        if len(data) != length:
+            raise OSError(f"journal segment {self.segment} is truncated")
+        return data
+
+
+@dataclass
+class _Segment:
+    path: str
+    outstanding: set[str] = field(default_factory=set)
+
+
+def new_id() -> str:
+    return os.urandom(16).hex()
+
+
+class Journal:
+    """This process's journal. Appends come from the training thread and the worker."""
+
+    def __init__(self, root: str, owner: str, *, fsync: bool = False) -> None:
+        self.root = root
+        self.owner = owner
+        self.dir = os.path.join(root, owner)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._offset = 0
+        self._segments: list[_Segment] = []
+        self._pid = os.getpid()
+        self._generation = 0  # a journal closed and used again gets a new folder
+
+    @property
+    def name(self) -> str:
+        """The folder name: the owner, plus a generation after a close (staging uses it too)."""
+        return os.path.basename(self.dir)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self._lock_fd is None:
+            self._lock_fd = self._create_locked_dir()
+        number = len(self._segments) + 1
+        path = os.path.join(self.dir, f"{number:06d}.log")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._offset = os.fstat(self._fd).st_size
+        self._segments.append(_Segment(path))
+
+    def _create_locked_dir(self) -> int:
+        """The folder appears under its name already locked (made under a hidden name, then
+        renamed), so a recovering process never takes a journal being born for a dead one."""
+        os.makedirs(self.root, exist_ok=True)
+        if os.path.isdir(self.dir):
+            fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o644)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        tmp = os.path.join(self.root, f".new-{os.path.basename(self.dir)}-{os.urandom(4).hex()}")
+        os.makedirs(tmp)
+        fd = os.open(os.path.join(tmp, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.rename(tmp, self.dir)
+        return fd
+
+    def append(self, header: dict[str, Any], payload: bytes = b"") -> Record:
+        """Write one record (one ``write`` call); durable against a kill -9 when it returns."""
+        header["n"] = len(payload)
+        line = json.dumps(header, separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            if self._pid != os.getpid():
+                self._after_fork()
+            if self._fd is None or self._offset > SEGMENT_MAX:
+                if self._fd is not None:
+                    os.close(self._fd)
+                self._open()
+            assert self._fd is not None
+            data = line + payload if payload else line
+            try:
+                written = os.write(self._fd, data)
+                while written < len(data):  # a short write (signal, nearly full disk)
+                    written += os.write(self._fd, data[written:])
+            except BaseException:
+                # never leave a torn record in the middle: later records would be unreadable
+                try:
+                    os.ftruncate(self._fd, self._offset)
+                except OSError:
+                    pass
+                raise
+            if self.fsync:
+                os.fsync(self._fd)
+            segment = self._segments[-1]
+            record = Record(header, segment.path, self._offset + len(line), len(payload))
+            self._offset += len(data)
+            if header["t"] in WORK:
+                segment.outstanding.add(header["rid"])
+            return record
+
+    def mark_done(self, rid: str) -> None:
+        """The record ``rid`` is resolved (stored, failed with its reason, or ingested)."""
+        self.append({"t": "done", "rid": rid})
+        removable = []
+        with self._lock:
+            for segment in self._segments:
+                segment.outstanding.discard(rid)
+            # oldest first, never the one being written: done marks live in later segments
+            while len(self._segments) > 1 and not self._segments[0].outstanding:
+                removable.append(self._segments.pop(0).path)
+        for path in removable:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return sum(len(s.outstanding) for s in self._segments)
+
+    def close(self, *, remove_if_done: bool = True) -> bool:
+        """Close the files; remove the journal when nothing in it is outstanding."""
+        with self._lock:
+            done = not any(s.outstanding for s in self._segments)
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._fd = self._lock_fd = None
+            segments, self._segments = self._segments, []
+            old_dir = self.dir
+            self._generation += 1
+            self.dir = os.path.join(self.root, f"{self.owner}.{self._generation}")
+        if done and remove_if_done and segments:
+            remove_journal_dir(old_dir)
+        return done
+
+    def _after_fork(self) -> None:
+        """A forked child writes its own journal: the parent's lock stays the parent's."""
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._lock_fd = None
+        self._segments = []
+        self._offset = 0
+        self._pid = os.getpid()
+        self._generation = 0
+        from clearml_hooks.store.owner import current_owner
+
+        self.owner = current_owner()
+        self.dir = os.path.join(self.root, self.owner)
+
+
+# -- reading (recovery, sync, status) ---------------------------------------------------------------
+
+def read_records(journal_dir: str) -> tuple[list[Record], set[str]]:
+    """Every record of a journal, in order, and the rids marked done. Stops at a torn tail."""
+    records: list[Record] = []
+    done: set[str] = set()
+    try:
+        names = sorted(n for n in os.listdir(journal_dir) if n.endswith(".log"))
+    except OSError:
+        return records, done
+    for name in names:
+        path = os.path.join(journal_dir, name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        pos = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break
+            try:
+                header = json.loads(data[pos:end])
+                length = int(header.get("n", 0))
+            except (ValueError, TypeError, AttributeError):
+                break
+            if end + 1 + length > len(data):
+                break  # torn payload
+            if header.get("t") == "done":
+                done.add(header.get("rid"))
+            else:
+                records.append(Record(header, path, end + 1, length))
+            pos = end + 1 + length
+    return records, done
+
+
+@dataclass
+class JournalInfo:
+    path: str
+    owner: str
+    alive: bool
+    pending: list[Record]
+    size: int
+
+
+def journal_dirs(root: str) -> Iterator[str]:
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        if not name.startswith(".") and os.path.isdir(path):
+            yield path
+
+
+def try_lock(journal_dir: str) -> int | None:
+    """Lock a journal (its owner is gone); the fd to keep while finishing it, or None."""
+    try:  # no O_CREAT: a journal folder always has its lock file (see _create_locked_dir)
+        fd = os.open(os.path.join(journal_dir, "lock"), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if fcntl is None:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def is_alive(journal_dir: str) -> bool:
+    fd = try_lock(journal_dir)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def describe(root: str) -> list[JournalInfo]:
+    """Every journal under ``root`` with its unresolved records (``clearml-hooks status``)."""
+    out = []
+    for path in journal_dirs(root):
+        records, done = read_records(path)
+        pending = [r for r in records if r.header.get("t") in WORK and r.rid not in done]
+        size = 0
+        for name in os.listdir(path):
+            try:
+                size += os.path.getsize(os.path.join(path, name))
+            except OSError:
+                pass
+        out.append(JournalInfo(path, os.path.basename(path), is_alive(path), pending, size))
+    return out
+
+
+def remove_journal_dir(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

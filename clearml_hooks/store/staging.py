@@ -1,0 +1,236 @@
+"""Staging: hold on to the exact bytes of a saved file until the worker has stored them.
+
+Why each way exists (cheapest exact way first, decided per file in the training thread):
+
+- ``inline``: a small file (``inline_max``, 64 KiB by default) is read and its bytes go into the
+  journal record itself: a private copy for the price of one append, no file created.
+- ``reflink``: a private, O(1) copy-on-write clone (btrfs, XFS, bcachefs, ZFS, ...): later
+  writes to the user's file never reach it.
+- ``link``: elsewhere (ext4) a hard link costs microseconds but shares the inode with the
+  user's file. Its identity (inode, size, mtime_ns) is journaled and checked by the worker
+  before and after it reads; before a *hooked* save rewrites that path we make our own private
+  copy first (``make_private``); any other in-place write makes the snapshot fail loudly,
+  never store other bytes. A path whose pending link was clobbered that way is copied from
+  then on (``copy``).
+- ``copy``: a private copy (no link possible, or the path was clobbered before).
+
+The user's files are never unlinked, renamed or truncated here: only our own staging paths.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from typing import Any
+
+FICLONE = 0x40049409  # linux/fs.h
+INLINE_MAX = 64 << 10
+PRIVATE_SUFFIX = ".private"
+
+
+class NotStaged(Exception):
+    """This file cannot be staged (not a regular file, disk too full): the reason says why."""
+
+
+class SourceChanged(Exception):
+    """The staged bytes changed before they were stored (an in-place write behind the hooks)."""
+
+
+def identity(st: os.stat_result) -> list[int]:
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+_no_reflink: set[int] = set()  # devices where FICLONE said "not supported": do not try again
+
+
+def _reflink(src_fd: int, dst: str, device: int) -> bool:
+    if device in _no_reflink:
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        _no_reflink.add(device)
+        return False
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.ioctl(fd, FICLONE, src_fd)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV, errno.ENOSYS):
+            _no_reflink.add(device)
+        os.unlink(dst)
+        return False
+    finally:
+        os.close(fd)
+
+
+def copy_private(src_fd: int, dst: str) -> None:
+    """Copy an open file into a new private file (in-kernel where possible)."""
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(src_fd).st_size
+        offset = 0
+        try:
+            while offset < size:
+                n = os.copy_file_range(src_fd, fd, size - offset, offset, offset)
+                if n == 0:
+                    break
+                offset += n
+        except (AttributeError, OSError):
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            offset = 0
+            while True:
+                chunk = os.pread(src_fd, 1 << 20, offset)
+                if not chunk:
+                    break
+                os.write(fd, chunk)
+                offset += len(chunk)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(dst)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+
+
+def free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def stage_file(src: str, staged: str | None, *, inline_max: int, force_copy: bool,
+               min_free: int) -> tuple[dict[str, Any], bytes]:
+    """Stage one saved file. Returns (its journal entry, inline payload or b"").
+
+    ``staged`` is where a link/reflink/copy goes (None: only inline is possible).
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)  # a FIFO never blocks us
+    fd = os.open(src, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotStaged(f"{src} is not a regular file")
+        if st.st_size <= inline_max:
+            data = os.pread(fd, st.st_size + 1, 0)
+            if len(data) != st.st_size:
+                raise NotStaged(f"{src} changed while it was read")
+            return {"size": st.st_size, "how": "inline"}, data
+        if staged is None:
+            raise NotStaged(f"no staging folder for {src}")
+        free = free_bytes(os.path.dirname(os.path.dirname(staged)) or ".")
+        if free is not None and free < st.st_size + min_free:
+            raise NotStaged(f"only {free >> 20} MiB free on the filesystem of "
+                            f"{os.path.dirname(staged)}, {st.st_size >> 20} MiB needed plus a "
+                            f"reserve of {min_free >> 20} MiB (setting staging_min_free)")
+        os.makedirs(os.path.dirname(staged), exist_ok=True)
+        entry: dict[str, Any] = {"size": st.st_size, "path": staged}
+        if _reflink(fd, staged, st.st_dev):
+            entry["how"] = "reflink"
+        elif not force_copy and _try_link(src, staged, st):
+            entry["how"] = "link"
+            entry["id"] = identity(st)
+        else:
+            copy_private(fd, staged)
+            entry["how"] = "copy"
+        return entry, b""
+    finally:
+        os.close(fd)
+
+
+def _try_link(src: str, staged: str, st: os.stat_result) -> bool:
+    try:
+        os.link(src, staged)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            return False
+        raise
+    try:
+        linked = os.stat(staged)
+    except OSError:
+        linked = None
+    if linked is None or identity(linked) != identity(st):
+        os.unlink(staged)  # the path was replaced or written between open and link
+        return False
+    return True
+
+
+def make_private(entry: dict[str, Any], min_free: int = 0) -> bool:
+    """Before a hooked save rewrites a linked file: copy our staged link to a private file.
+
+    True when the snapshot's bytes are now safe; False when they had already changed (the
+    worker will fail that snapshot with its reason) or there is no room for a copy.
+    """
+    staged = entry["path"]
+    private = staged + PRIVATE_SUFFIX
+    if os.path.exists(private):
+        return True
+    try:
+        fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        before = os.fstat(fd)
+        if identity(before) != entry["id"]:
+            return False
+        free = free_bytes(os.path.dirname(staged))
+        if free is not None and free < before.st_size + min_free:
+            return False
+        tmp = f"{private}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        copy_private(fd, tmp)
+        if identity(os.fstat(fd)) != entry["id"]:
+            os.unlink(tmp)
+            return False
+        os.replace(tmp, private)
+        return True
+    finally:
+        os.close(fd)
+
+
+class StagedReader:
+    """Opens a staged file for the worker and tells whether its bytes are still the saved ones."""
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+
+    def open(self):
+        """The file to read: the private copy if one was made, else the staged path."""
+        path = self.entry["path"]
+        private = path + PRIVATE_SUFFIX
+        if self.entry.get("how") == "link" and os.path.exists(private):
+            return open(private, "rb", buffering=0)
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError as exc:
+            raise SourceChanged(f"the staged file {path} is missing") from exc
+        if self.entry.get("how") == "link" and identity(os.fstat(f.fileno())) != self.entry["id"]:
+            f.close()
+            if os.path.exists(private):
+                return open(private, "rb", buffering=0)
+            raise SourceChanged(self.changed_reason())
+        return f
+
+    def check(self, f) -> None:
+        """After reading: raise SourceChanged if a linked file was written meanwhile."""
+        if self.entry.get("how") != "link" or f.name.endswith(PRIVATE_SUFFIX):
+            return
+        if identity(os.fstat(f.fileno())) != self.entry["id"]:
+            raise SourceChanged(self.changed_reason())
+
+    def changed_reason(self) -> str:
+        return ("the file was rewritten in place (an open file handle, another program or a "
+                "resumed run) before its bytes were stored; the snapshot is not stored rather "
+                "than stored with other bytes")
+
+
+def remove_staging(paths: list[str]) -> None:
+    """Remove staging folders (ours only: their names are ours)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,580 @@
+"""The background side of capture: journal records -> catalog rows and stored blobs.
+
+``Processor`` applies one record (idempotent; a transient failure raises). ``Worker`` runs it in
+a background thread in journal order: a catalog or object store that is down, slow or full
+makes it wait and retry (the records stay in the journal), a job that hangs is abandoned after
+its timeout so one bad job never blocks the others, and nothing here ever runs in the training
+thread. ``recover`` finishes the journals of processes that died.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from clearml_hooks.hooks import contract
+from clearml_hooks.store.journal import WORK, Record
+
+if TYPE_CHECKING:
+    from clearml_hooks.store import Store
+    from clearml_hooks.store.journal import Journal
+
+log = logging.getLogger("clearml_hooks")
+
+CHUNK = 1 << 20
+MAX_BACKOFF = 30.0
+PERMANENT_ATTEMPTS = 3
+_TRANSIENT_MODULES = ("sqlalchemy", "psycopg", "botocore", "aiobotocore", "aiohttp", "s3fs",
+                      "fsspec", "urllib3", "requests", "google", "azure", "adlfs", "gcsfs")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure of the service, not of the snapshot: wait and retry, keep it journaled."""
+    from clearml_hooks.store import StoreUnavailable
+
+    if isinstance(exc, (OSError, TimeoutError, StoreUnavailable, ConnectionError)):
+        return True
+    top = type(exc).__module__.split(".")[0]
+    if top == "sqlalchemy":
+        from sqlalchemy import exc as sa
+
+        return isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError,
+                                sa.TimeoutError)) or bool(getattr(exc, "connection_invalidated",
+                                                                  False))
+    return top in _TRANSIENT_MODULES
+
+
+def hash_stream(f) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = f.readinto(buf)
+        if not n:
+            break
+        h.update(view[:n])
+        size += n
+    return h.hexdigest(), size
+
+
+def manifest_digest(files: list[tuple[str, str, int]]) -> str:
+    h = hashlib.sha256()
+    for rel, sha, size in sorted(files):
+        h.update(f"{rel}\0{sha}\0{size}\n".encode())
+    return h.hexdigest()
+
+
+class Processor:
+    """Applies journal records to the catalog and the blob store."""
+
+    def __init__(self, store: Store, owner: str) -> None:
+        self.store = store
+        self.owner = owner
+        self._dest_blobs: dict[str, Any] = {}
+
+    def process(self, record: Record) -> str:
+        """Apply one record; returns its outcome (ready, failed, gone, done). Raises on a
+        transient failure (the record stays journaled)."""
+        kind = record.header.get("t")
+        if kind == "snap":
+            return self.snapshot(record)
+        from clearml_hooks.store import ingest
+
+        catalog = self.store.catalog
+        if kind == "task":
+            ingest.ingest_task(catalog, record.header)
+        elif kind == "status":
+            ingest.ingest_status(catalog, record.header)
+        elif kind == "load":
+            self.load(record.header)
+        return "done"
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def _blobs(self, dest: str | None):
+        if not dest:
+            return self.store.blobs
+        blobs = self._dest_blobs.get(dest)
+        if blobs is None:
+            from clearml_hooks.store.blobs import open_blob_store
+
+            blobs = self._dest_blobs[dest] = open_blob_store(dest)
+        return blobs
+
+    def snapshot(self, record: Record) -> str:
+        from clearml_hooks.store import ingest
+        from clearml_hooks.store.staging import SourceChanged, remove_staging
+
+        h = record.header
+        catalog = self.store.catalog
+        row = ingest.ingest_snapshot(catalog, h, self.owner)
+        state = row["state"]
+        if state == "pending" and h.get("error"):
+            ingest.fail_snapshot(catalog, h["rid"], h["error"])
+            state = "failed"
+        elif state == "pending":
+            try:
+                self._store_bytes(record)
+                state = "ready"
+            except SourceChanged as exc:
+                ingest.fail_snapshot(catalog, h["rid"], str(exc))
+                state = "failed"
+        remove_staging(h.get("staging") or [])
+        return state
+
+    def _store_bytes(self, record: Record) -> None:
+        from clearml_hooks.store import ingest
+        from clearml_hooks.store.staging import SourceChanged, StagedReader
+
+        h = record.header
+        catalog = self.store.catalog
+        blobs = self._blobs(h.get("dest"))
+        local_root = getattr(blobs, "root", None) if hasattr(blobs, "path_for") else None
+        stored: list[tuple[str, str, int]] = []
+        offset = 0
+        for f in h["files"]:
+            rel = f["rel"]
+            if f["how"] == "inline":
+                data = record.payload(offset, f["size"])
+                offset += f["size"]
+                sha = hashlib.sha256(data).hexdigest()
+                ingest.pin_blob(catalog, sha, h["rid"])
+                if not blobs.exists(sha):
+                    got, _ = blobs.store_stream(io.BytesIO(data))
+                    if got != sha:  # cannot happen: the bytes are in memory
+                        raise SourceChanged(f"{rel}: stored bytes do not hash to {sha}")
+                stored.append((rel, sha, len(data)))
+                continue
+            reader = StagedReader(f)
+            with reader.open() as src:
+                sha, size = hash_stream(src)
+                reader.check(src)
+            if size != f["size"]:
+                raise SourceChanged(f"{rel}: {f['size']} bytes were saved, {size} found: "
+                                    + reader.changed_reason())
+            ingest.pin_blob(catalog, sha, h["rid"])
+            if not blobs.exists(sha):
+                if local_root is not None and f["how"] in ("copy", "reflink"):
+                    _adopt_private(blobs, src.name, sha)  # ours alone: moved in, not copied
+                else:
+                    with reader.open() as src:
+                        got, _ = blobs.store_stream(src)
+                        reader.check(src)
+                    if got != sha:
+                        raise SourceChanged(f"{rel}: {reader.changed_reason()}")
+            stored.append((rel, sha, size))
+        if h["kind"] == "file" and len(stored) == 1:
+            digest = stored[0][1]
+            uri = blobs.url_for(digest)
+        else:
+            digest = manifest_digest(stored)
+            uri = blobs.url_for(digest) + "?manifest"
+        ingest.complete_snapshot(catalog, h["rid"], files=stored, digest=digest,
+                                 size=sum(sz for _, _, sz in stored), uri=uri)
+
+    # -- loads ----------------------------------------------------------------------------------
+
+    def load(self, h: dict[str, Any]) -> None:
+        """Connect a loaded file to the model that wrote it (path cache, then sha256)."""
+        from clearml_hooks.store import ingest
+
+        catalog = self.store.catalog
+        files = [(p, os.path.basename(p)) for p in h["files"]] if h["kind"] == "files" else \
+            _walk(h["path"], h["kind"])
+        if not files:
+            return
+        match = None
+        if h["kind"] == "file" and h.get("size") is not None:
+            match = catalog.find_by_source(h["path"], h["size"], h["mtime_ns"])
+        hashed = []
+        for full, rel in files:
+            try:
+                with open(full, "rb", buffering=0) as f:
+                    hashed.append((rel, *hash_stream(f)))
+            except FileNotFoundError:
+                return  # gone since it was loaded: nothing to connect
+        digest = hashed[0][1] if h["kind"] == "file" else manifest_digest(hashed)
+        if match is None:
+            match = catalog.find_by_digest(digest)
+        if match is not None:
+            catalog.link_model(h["task"], match["model_id"], "input", snapshot_id=match["id"])
+            return
+        ingest.register_import(catalog, task_id=h["task"], path=h["path"], kind=h["kind"],
+                               framework=h["fw"], name=h["name"], digest=digest, hashed=hashed)
+
+
+def _adopt_private(blobs, path: str, sha: str) -> None:
+    """Move a private staged copy into the local blob store (same filesystem: a rename)."""
+    dest = blobs.path_for(sha)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    try:
+        os.replace(path, dest)
+    except OSError:
+        with open(path, "rb") as f:
+            blobs.store_stream(f)
+
+
+def _walk(path: str, kind: str) -> list[tuple[str, str]]:
+    if kind == "file":
+        return [(path, os.path.basename(path))]
+    out = []
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            full = os.path.join(folder, name)
+            out.append((full, os.path.relpath(full, path)))
+    return sorted(out, key=lambda item: item[1])
+
+
+class RecoverJob:
+    """Queued once per process when the worker starts: finish dead processes' journals (so
+    ``flush`` waits for them too, as a run that follows a crash expects)."""
+
+    rid = "recover"
+    header: dict[str, Any] = {"t": "recover"}
+
+
+class Worker:
+    """This process's background worker over its journal. Started on the first record."""
+
+    def __init__(self, store: Store, journal: Journal) -> None:
+        self.store = store
+        self.journal = journal
+        self.processor = Processor(store, journal.name)
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._outstanding = 0
+        self._thread: threading.Thread | None = None
+        self._generation = 0
+        self._current: tuple[Record, float, int] | None = None
+        self._waiters: dict[str, threading.Event] = {}
+        self._outcomes: dict[str, str] = {}
+        self._listeners: list[Callable[[Record, str], None]] = []
+        self._warned = False
+        self._recovery_queued = False
+        self._pid = os.getpid()
+        self.job_timeout = 600.0
+        self.waiting_since: float | None = None  # set while a service is unreachable
+        self.last_error: str | None = None
+
+    def add_listener(self, fn: Callable[[Record, str], None]) -> None:
+        self._listeners.append(fn)
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():  # a forked child has none of the parent's threads
+            self._queue = queue.Queue()
+            self._lock = threading.Lock()
+            self._idle = threading.Condition(self._lock)
+            self._outstanding = 0
+            self._thread = None
+            self._current = None
+            self._waiters = {}
+            self._recovery_queued = False
+            self._pid = os.getpid()
+
+    def submit(self, record: Record, *, start: bool = True) -> None:
+        """Queue a journaled record; ``start=False`` leaves starting the thread to a later
+        record, ``start()`` or the exit (a run that saves nothing never opens the catalog)."""
+        self._check_fork()
+        with self._lock:
+            self._outstanding += 1
+            if start:
+                self._start_locked()
+        self._queue.put(record)
+
+    def start(self) -> None:
+        """Start the thread now (e.g. to ingest the task record of a run that saves nothing)."""
+        self._check_fork()
+        with self._lock:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if not self._recovery_queued:
+            self._recovery_queued = True
+            self._outstanding += 1
+            self._queue.put(RecoverJob())
+        if self._thread is None or not self._thread.is_alive():
+            self._generation += 1
+            self._thread = threading.Thread(target=self._run, args=(self._generation,),
+                                            name="clearml-hooks-worker", daemon=True)
+            self._thread.start()
+            threading.Thread(target=self._watch, args=(self._generation,),
+                             name="clearml-hooks-watchdog", daemon=True).start()
+
+    def event_for(self, rid: str) -> threading.Event:
+        with self._lock:
+            event = self._waiters.get(rid)
+            if event is None:
+                event = self._waiters[rid] = threading.Event()
+                if rid in self._outcomes:
+                    event.set()
+            return event
+
+    def outcome(self, rid: str) -> str | None:
+        return self._outcomes.get(rid)
+
+    def outstanding(self) -> int:
+        self._check_fork()
+        with self._lock:
+            return self._outstanding
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted record is resolved (or given up on); False on timeout."""
+        self._check_fork()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    # -- the thread -----------------------------------------------------------------------------
+
+    def _run(self, generation: int) -> None:
+        while True:
+            record = self._queue.get()
+            if generation != self._generation:
+                self._queue.put(record)  # abandoned: the newer thread takes it
+                return
+            self._current = (record, time.monotonic(), generation)
+            outcome = self._process_with_retries(record, generation)
+            self._current = None
+            if generation != self._generation:
+                return  # the watchdog gave up on us and already counted this record
+            self._resolved(record, outcome)
+
+    def _process_with_retries(self, record: Record, generation: int) -> str | None:
+        delay = 1.0
+        failures = 0
+        while True:
+            try:
+                if isinstance(record, RecoverJob):
+                    recover(self.store, own=self.journal.name)
+                    return "done"
+                outcome = self.processor.process(record)
+                self.waiting_since = None
+                return outcome
+            except Exception as exc:
+                if generation != self._generation:
+                    return None
+                if is_transient(exc):
+                    self._warn_waiting(exc)
+                    time.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF)
+                    if self._current is not None:  # the wait is not the job hanging
+                        self._current = (record, time.monotonic(), generation)
+                    continue
+                failures += 1
+                if failures < PERMANENT_ATTEMPTS:
+                    time.sleep(0.2 * failures)
+                    continue
+                return self._give_up(record, exc)
+
+    def _give_up(self, record: Record, exc: BaseException) -> str:
+        """A record that fails for a reason of its own: fail its snapshot loudly, move on."""
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            raise exc
+        except Exception:
+            try:
+                contract.agent_error(f"processing a journaled {record.header.get('t')} record")
+            except Exception:
+                pass
+        if record.header.get("t") == "snap":
+            try:
+                from clearml_hooks.store import ingest
+
+                ingest.ingest_snapshot(self.store.catalog, record.header, self.journal.name)
+                ingest.fail_snapshot(self.store.catalog, record.rid, reason)
+            except Exception:
+                return "error"  # stays journaled: the next process tries again
+        return "failed"
+
+    def _warn_waiting(self, exc: BaseException) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if not self._warned:
+            self._warned = True
+            log.warning("clearml-hooks: the model store is unreachable (%s); captured snapshots "
+                        "wait in the local journal and are stored when it is back (or by the "
+                        "next run, or `clearml-hooks sync`). Training is not affected.",
+                        self.last_error[:300])
+
+    def _resolved(self, record: Record, outcome: str | None) -> None:
+        if isinstance(record, RecoverJob):
+            with self._lock:
+                self._outstanding -= 1
+                if self._outstanding == 0:
+                    self._idle.notify_all()
+            return
+        if outcome is not None and outcome != "error":
+            try:
+                self.journal.mark_done(record.rid)
+            except Exception:
+                pass
+        for fn in self._listeners:
+            try:
+                fn(record, outcome or "error")
+            except Exception:
+                pass
+        with self._lock:
+            self._outcomes[record.rid] = outcome or "error"
+            event = self._waiters.pop(record.rid, None)
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+        if event is not None:
+            event.set()
+
+    def _watch(self, generation: int) -> None:
+        """Abandon a job that hangs (a frozen server), so the records behind it go on."""
+        while generation == self._generation:
+            time.sleep(1.0)
+            current = self._current
+            if current is None or current[2] != generation:
+                continue
+            record, started, _ = current
+            size = sum(f.get("size", 0) for f in record.header.get("files") or [])
+            limit = self.job_timeout + size / (20 << 20)
+            if time.monotonic() - started > limit:
+                log.warning("clearml-hooks: storing %s %s took over %.0f s; leaving it in the "
+                            "journal for the next run and going on with the others",
+                            record.header.get("t"), record.rid, limit)
+                with self._lock:
+                    self._generation += 1
+                    self._thread = None
+                    self._current = None
+                self._resolved(record, "error")
+                self.start()
+                return
+
+
+# -- recovery of dead processes' journals -------------------------------------------------------
+
+class RecoveryResult:
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.skipped_alive = 0
+        self.errors: list[str] = []
+
+
+def recover(store: Store, *, force: bool = False, own: str | None = None,
+            progress: Callable[[], None] | None = None, rows_only: bool = False) -> RecoveryResult:
+    """Finish every journal whose process is gone (``force``: also of live ones; only
+    idempotent steps, so a live process and this one never undo each other).
+
+    ``rows_only`` (readers such as ``models list``): put the tasks and pending snapshots in the
+    catalog so they show, and leave storing the bytes to ``sync`` or the next run.
+    """
+    from clearml_hooks.store.journal import (
+        journal_dirs,
+        read_records,
+        remove_journal_dir,
+        try_lock,
+    )
+    from clearml_hooks.store.staging import remove_staging
+
+    result = RecoveryResult()
+    root = os.path.join(store.home, "journal")
+    for path in journal_dirs(root):
+        owner = os.path.basename(path)
+        if owner == own:
+            continue
+        fd = try_lock(path)
+        if fd is None and not force:
+            result.skipped_alive += 1
+            continue
+        try:
+            records, done = read_records(path)
+            processor = Processor(store, owner)
+            complete = True
+            for record in records:
+                if record.header.get("t") not in WORK or record.rid in done:
+                    continue
+                try:
+                    if rows_only and record.header.get("t") == "snap":
+                        from clearml_hooks.store import ingest
+
+                        ingest.ingest_snapshot(store.catalog, record.header, owner)
+                        complete = False
+                        continue
+                    outcome = processor.process(record)
+                except Exception as exc:
+                    if is_transient(exc):
+                        result.errors.append(f"{type(exc).__name__}: {exc}")
+                        complete = False
+                        break
+                    outcome = "failed"
+                    result.errors.append(f"{record.rid}: {type(exc).__name__}: {exc}")
+                if record.header.get("t") == "snap":
+                    result.items.append({"rid": record.rid, "outcome": outcome,
+                                         "name": record.header.get("name"),
+                                         "source": record.header.get("src")})
+                if fd is not None:
+                    _append_done(path, record.rid)
+                if progress is not None:
+                    progress()
+            if complete and fd is not None:
+                remove_staging([os.path.join(store.staging_root, owner)])
+                remove_journal_dir(path)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    _remove_orphan_staging(store, own)
+    return result
+
+
+ORPHAN_AGE = 3600.0
+
+
+def _remove_orphan_staging(store: Store, own: str | None) -> None:
+    """Staging of a process that died before it journaled anything (no journal folder),
+    once older than any save in progress could be."""
+    from clearml_hooks.store.staging import remove_staging
+
+    try:
+        names = os.listdir(store.staging_root)
+    except OSError:
+        return
+    journals = set()
+    try:
+        journals = set(os.listdir(os.path.join(store.home, "journal")))
+    except OSError:
+        pass
+    for name in names:
+        if name == own or name in journals:
+            continue
+        path = os.path.join(store.staging_root, name)
+        try:
+            old = time.time() - os.lstat(path).st_mtime > ORPHAN_AGE
+        except OSError:
+            continue
+        if old:
+            remove_staging([path])
+
+
+def _append_done(journal_dir: str, rid: str, _files: dict[str, str] = {}) -> None:  # noqa: B006
+    """Done marks of a recovery go to a file of their own: the dead owner's last segment may
+    end in a torn record, after which nothing would be read."""
+    import json
+
+    path = _files.get(journal_dir)
+    if path is None or not os.path.exists(path):
+        path = _files[journal_dir] = os.path.join(journal_dir, f"zz-{os.urandom(8).hex()}.log")
+    line = json.dumps({"t": "done", "rid": rid, "n": 0}, separators=(",", ":")).encode() + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

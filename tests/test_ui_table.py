@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, text
 
 from clearml_hooks.model_reporting import add_scalar
-from clearml_hooks.store import model_ops
+from clearml_hooks.store import model_metrics, model_ops
 from clearml_hooks.store import schema as s
 from clearml_hooks.store.catalog import SqlCatalog
 from clearml_hooks.store.model_table import (
@@ -138,16 +138,44 @@ def test_an_older_catalog_gets_the_index_back_filled(catalog):
     b = make(catalog, "b", loss=[0.2, 0.3])
     with catalog.write() as conn:  # as a catalog of release 0.1: no table, no triggers
         if catalog.is_sqlite:
-            conn.execute(text("DROP TRIGGER model_scalars_last_insert"))
-            conn.execute(text("DROP TRIGGER model_scalars_last_update"))
+            for trigger in ("last_insert", "last_update", "bucket_insert", "bucket_update"):
+                conn.execute(text(f"DROP TRIGGER model_scalars_{trigger}"))
         else:
-            conn.execute(text("DROP FUNCTION model_scalars_last() CASCADE"))
+            for function in ("last", "bucket_insert", "bucket_update"):
+                conn.execute(text(f"DROP FUNCTION model_scalars_{function}() CASCADE"))
         conn.execute(text("DROP TABLE model_metric_last"))
+        conn.execute(text("DROP TABLE model_scalar_buckets"))
     reopened = SqlCatalog(catalog.url)
     try:
         assert names(reopened, sort="metric.loss/val") == ["a", "b"]
+        assert model_metrics.chart_series(reopened, a, 1)["loss"]["val"]["y"] == [0.5]
         add_scalar(reopened, a, "loss", "val", 0.5, 2)  # the triggers are back too
         assert names(reopened, sort="metric.loss/val") == ["b", "a"]
-        assert b
+        assert model_metrics.chart_series(reopened, a, 1)["loss"]["val"]["y"] == [0.5]
+        assert model_metrics.chart_series(reopened, b)["loss"]["val"]["y"] == [0.2, 0.3]
     finally:
         reopened.close()
+
+
+def test_chart_series_rolls_long_series_up(catalog):
+    """Short series come back point by point; long ones as bucket means kept by triggers
+    (NaN ignored, a replaced point replaces its value in the mean)."""
+    mid = make(catalog, "long")
+    width = s.BUCKET_WIDTH
+    for it in range(3 * width):
+        add_scalar(catalog, mid, "loss", "train", float(it), it)
+    add_scalar(catalog, mid, "loss", "train", float("nan"), 3 * width)  # a bucket of only NaN
+    add_scalar(catalog, mid, "loss", "train", 1000.0, 0)  # replaces the point at 0
+    add_scalar(catalog, mid, "loss", "short", 1.0, 5)
+    add_scalar(catalog, mid, "Summary", "mAP", 0.5, -(2**31))  # single values are not charted
+    series = model_metrics.chart_series(catalog, mid, max_points=2 * width)
+    assert set(series) == {"loss"}
+    long = series["loss"]["train"]
+    assert long["x"] == [0, width, 2 * width, 3 * width]
+    first = (1000.0 + sum(range(1, width))) / width
+    assert long["y"][:3] == pytest.approx([first, width + (width - 1) / 2,
+                                           2 * width + (width - 1) / 2])
+    assert math.isnan(long["y"][3])
+    assert series["loss"]["short"] == {"name": "short", "x": [5], "y": [1.0]}
+    few = model_metrics.chart_series(catalog, mid, max_points=2)["loss"]["train"]
+    assert len(few["x"]) == 2 and few["x"][0] == 0

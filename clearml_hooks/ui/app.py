@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from clearml_hooks.models import Model
-from clearml_hooks.store import model_table, model_view
+from clearml_hooks.store import model_metrics, model_table, model_view
 from clearml_hooks.store.model_ops import UnknownModel
 from clearml_hooks.store.model_table import TableError, cell_value
 from clearml_hooks.ui import actions, charts, params
@@ -153,11 +153,11 @@ def create_app(store: Store, guard: Guard) -> Any:
     # -- one model --------------------------------------------------------------------------
 
     def model_data(model_id: str) -> dict:
-        """A model for the page: its scalars averaged down to CHART_POINTS per series in the
-        database (``get_reported_scalars(max_samples=)``); the API returns every point."""
+        """A model for the page: its scalars at most CHART_POINTS per series (long series from
+        the database's roll-up, ``model_metrics``); the API returns every point."""
         info = model_view.model_detail(store.catalog, model_id)
         model = Model(model_id, store=store)
-        info["scalars"] = model.get_reported_scalars(max_samples=CHART_POINTS)
+        info["scalars"] = model_metrics.chart_series(store.catalog, model_id, CHART_POINTS)
         info["single_values"] = model.get_reported_single_values()
         info["plots"] = model.get_reported_plots()
         return info

@@ -19,7 +19,8 @@ cannot be: every save during training would then be nested in it).
 Lightning checkpoints are torch files: ClearML has no Lightning framework, they are recorded as
 ``PyTorch``, and a ``pytorch`` wildcard filters them when ``lightning`` is not named.
 The tuner's hidden temporary checkpoints (``.lr_find_*.ckpt``, ``.scale_batch_size_*.ckpt``)
-are not models and are never captured.
+and the ``.temp.ckpt`` in which a ``ddp_spawn`` rank 0 hands its weights back to the main
+process are not models and are never captured.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ import os
 from clearml_hooks.hooks.binding import Binding, Call, Location, Target, arg
 
 _TUNER_TEMP = (".lr_find_", ".scale_batch_size_")
+_SPAWN_HANDOVER = ".temp.ckpt"  # ddp_spawn: rank 0's weights for the main process, removed at once
 
 
 def _user_path(raw):
-    """The path, unless it is one of the tuner's temporary checkpoints."""
+    """The path, unless it is one of Lightning's own temporary checkpoints."""
     if isinstance(raw, (str, os.PathLike)):
         name = os.path.basename(os.fsdecode(os.fspath(raw)))
-        if name.startswith(_TUNER_TEMP):
+        if name.startswith(_TUNER_TEMP) or name == _SPAWN_HANDOVER:
             return None
     return raw
 

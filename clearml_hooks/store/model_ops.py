@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from clearml_hooks.store import events
 from clearml_hooks.store import schema as s
 from clearml_hooks.store.catalog import new_id, now
 
@@ -91,6 +92,7 @@ def update_fields(catalog: SqlCatalog, model_id: str, *, check_published: bool =
             raise ModelPublished(f"model {model_id} is published and cannot be changed")
         values["updated"] = now()
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(**values))
+        events.fields_changed(conn, row, values)
 
 
 def set_project(catalog: SqlCatalog, model_id: str, project: str) -> None:
@@ -136,6 +138,7 @@ def set_tags(catalog: SqlCatalog, model_id: str, tags: Iterable[str]) -> list[st
     tags = clean_tags(tags)
     with catalog.write() as conn:
         _require(conn, model_id)
+        events.tags_changed(conn, model_id, tags)
         write_tags(conn, model_id, tags)
     return tags
 
@@ -148,6 +151,7 @@ def edit_tags(catalog: SqlCatalog, model_id: str, add: Iterable[str] = (),
         row = _require(conn, model_id)
         tags = [t for t in json.loads(row["tags"]) if t not in remove]
         tags += [t for t in add if t not in tags]
+        events.tags_changed(conn, model_id, tags)
         write_tags(conn, model_id, tags)
     return tags
 
@@ -174,6 +178,7 @@ def publish(catalog: SqlCatalog, model_id: str) -> bool:
             return False
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(
             published=True, updated=now()))
+        events.emit(conn, "published", model_id=model_id)
         return True
 
 
@@ -186,6 +191,7 @@ def set_archived(catalog: SqlCatalog, model_id: str, archived: bool) -> bool:
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(
             archived=archived, updated=now(),
             system_tags=json.dumps(_set_system_tag(conn, row, ARCHIVED_TAG, archived))))
+        events.emit(conn, "archived" if archived else "unarchived", model_id=model_id)
         return True
 
 
@@ -257,6 +263,7 @@ def set_metadata(catalog: SqlCatalog, model_id: str, entries: Mapping[str, tuple
                 {"model_id": model_id, "key": k, "value": v, "type": t}
                 for k, (v, t) in entries.items()])
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(updated=now()))
+        events.emit(conn, "metadata_changed", model_id=model_id, keys=sorted(entries))
 
 
 def get_metadata(catalog: SqlCatalog, model_id: str) -> dict[str, dict[str, str]]:
@@ -495,6 +502,7 @@ def create_model(catalog: SqlCatalog, *, name: str, project: str | None = None,
             conn.execute(s.task_models.insert().values(
                 task_id=task_id, model_id=model_id, direction=link_direction, name=link_name,
                 created=now()))
+        events.emit(conn, "registered", model_id=model_id, origin=origin)
     return model_id
 
 
@@ -586,6 +594,7 @@ def remove(catalog: SqlCatalog, model_id: str) -> tuple[dict, set[str]]:
     """
     with catalog.write() as conn:
         row = _require(conn, model_id)
+        events.emit(conn, "removed", model_id=model_id)
         snap_ids = [r[0] for r in conn.execute(select(s.snapshots.c.id).where(
             s.snapshots.c.model_id == model_id))]
         shas: set[str] = set()

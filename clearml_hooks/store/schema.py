@@ -288,3 +288,46 @@ for _name, _body, _op in (("model_scalars_bucket_insert", _BUCKET_INSERT, "INSER
         f"CREATE TRIGGER {_name} AFTER {_op} ON model_scalars FOR EACH ROW "
         f"EXECUTE FUNCTION {_name}()").execute_if(dialect="postgresql"))
 event.listen(model_scalar_buckets, "after_create", DDL(_BUCKET_BACKFILL))
+
+# -- registry events (clearml_hooks/store/events.py) ---------------------------------------------
+# One row per registry change, appended in the change's own transaction; ids increase in commit
+# order (writers are serialized: SQLite's write lock, an advisory lock on PostgreSQL).
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("model_id", String(32), nullable=True),
+    Column("task_id", String(32), nullable=True),
+    Column("data", Text, nullable=False, default="{}"),  # JSON: name, project, version, tags, ...
+    Index("ix_events_model", "model_id"),
+    sqlite_autoincrement=True,  # never reuse an id, even after old events are pruned
+)
+
+# a named consumer's position in the event log (clearml-hooks watch --consumer NAME)
+event_consumers = Table(
+    "event_consumers",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("cursor", BigInteger, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+
+# deliveries a consumer gave up on after its retries (webhooks)
+event_dead_letters = Table(
+    "event_dead_letters",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("consumer", String(255), nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Index("ix_event_dead_letters_consumer", "consumer", "id"),
+)

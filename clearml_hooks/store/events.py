@@ -1,0 +1,315 @@
+"""The registry's event log: every change appends one row in the change's own transaction.
+
+Writers call ``emit(conn, kind, model_id=...)`` inside their ``catalog.write()`` block, so an
+event exists exactly when its change was committed. Ids increase in commit order: SQLite
+serializes writers (``BEGIN IMMEDIATE``) and on PostgreSQL ``emit`` takes a transaction-level
+advisory lock before the insert, so a reader that has seen id N never later finds a smaller
+id committed (a consumer's cursor is just "the last id I handled").
+
+Readers: ``read_after(catalog, cursor)``; named consumers keep a durable cursor
+(``get_cursor`` / ``set_cursor``); ``Waiter`` sleeps until the log may have grown
+(PostgreSQL ``LISTEN/NOTIFY``, polling on SQLite). Failed deliveries go to a dead-letter table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import Connection
+
+from clearml_hooks.store import schema as s
+from clearml_hooks.store.catalog import now
+
+if TYPE_CHECKING:
+    from clearml_hooks.store.catalog import SqlCatalog
+
+log = logging.getLogger("clearml_hooks.events")
+
+CHANNEL = "clearml_hooks_events"
+_PG_LOCK_KEY = 0x636C6865  # "clhe": the advisory lock that orders event ids on PostgreSQL
+
+# the kinds of events (data fields in parentheses; every model event also carries name,
+# project, tags, published, archived, framework and version when the model has them)
+KINDS = (
+    "registered",        # a model was created (captured, manual or imported)
+    "version_ready",     # a snapshot was stored (version, snapshot_id)
+    "version_failed",    # a snapshot failed (version, snapshot_id, error)
+    "published",
+    "archived",
+    "unarchived",
+    "tags_changed",      # (added, removed)
+    "metadata_changed",  # (keys)
+    "renamed",           # (old_name)
+    "removed",
+    "task_started",      # (task_name, project)
+    "task_completed",    # (status); also task_failed, task_stopped, task_status
+)
+TASK_STATUS_KINDS = {"completed": "task_completed", "closed": "task_completed",
+                     "failed": "task_failed", "stopped": "task_stopped"}
+
+
+@dataclass
+class Event:
+    id: int
+    ts: float
+    kind: str
+    model_id: str | None
+    task_id: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "ts": self.ts, "event": self.kind, "model_id": self.model_id,
+                "task_id": self.task_id, **self.data}
+
+    @property
+    def version(self) -> int | None:
+        return self.data.get("version")
+
+
+# -- writing (inside the caller's transaction) ------------------------------------------------------
+
+def _order_writers(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+
+
+def _model_fields(conn: Connection, model_id: str) -> dict[str, Any]:
+    m, p, sn = s.models, s.projects, s.snapshots
+    row = conn.execute(
+        select(m.c.name, p.c.name.label("project"), m.c.tags, m.c.published, m.c.archived,
+               m.c.framework, m.c.task_id, sn.c.version)
+        .select_from(m.outerjoin(p, p.c.id == m.c.project_id)
+                     .outerjoin(sn, sn.c.id == m.c.latest_snapshot_id))
+        .where(m.c.id == model_id)).mappings().first()
+    if row is None:
+        return {}
+    out = dict(row)
+    out["tags"] = json.loads(out["tags"] or "[]")
+    out["published"] = bool(out["published"])
+    out["archived"] = bool(out["archived"])
+    return out
+
+
+def emit(conn: Connection, kind: str, *, model_id: str | None = None,
+         task_id: str | None = None, **data: Any) -> int:
+    """Append one event in ``conn``'s transaction; returns its id. Model events are filled in
+    with the model's name, project, tags, flags and newest version as they are now."""
+    _order_writers(conn)
+    fields: dict[str, Any] = _model_fields(conn, model_id) if model_id else {}
+    if task_id is None:
+        task_id = fields.get("task_id")
+    fields.pop("task_id", None)
+    fields.update({k: v for k, v in data.items() if v is not None})
+    result = conn.execute(s.events.insert().values(
+        ts=now(), kind=kind, model_id=model_id, task_id=task_id,
+        data=json.dumps(fields, default=str)))
+    event_id = int(result.inserted_primary_key[0])
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": str(event_id)})
+    return event_id
+
+
+def tags_changed(conn: Connection, model_id: str, new_tags: Sequence[str]) -> int | None:
+    """Before a model's tags are replaced: an event with what was added and removed (none
+    when nothing changes)."""
+    old = conn.execute(select(s.models.c.tags).where(s.models.c.id == model_id)).scalar()
+    old_tags = json.loads(old or "[]")
+    added = [t for t in new_tags if t not in old_tags]
+    removed = [t for t in old_tags if t not in new_tags]
+    if not added and not removed:
+        return None
+    return emit(conn, "tags_changed", model_id=model_id, added=added, removed=removed,
+                tags=list(new_tags))
+
+
+def fields_changed(conn: Connection, row: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """After ``update_fields``: a rename is an event (other plain fields are not)."""
+    if "name" in values and values["name"] != row["name"]:
+        emit(conn, "renamed", model_id=row["id"], old_name=row["name"])
+
+
+def snapshot_event(conn: Connection, kind: str, snapshot_id: str, **data: Any) -> int | None:
+    """A version event (``version_ready`` / ``version_failed``) for a snapshot."""
+    snap = conn.execute(select(s.snapshots.c.model_id, s.snapshots.c.version).where(
+        s.snapshots.c.id == snapshot_id)).first()
+    if snap is None:
+        return None
+    return emit(conn, kind, model_id=snap[0], version=snap[1], snapshot_id=snapshot_id, **data)
+
+
+def task_started(conn: Connection, h: Mapping[str, Any]) -> int:
+    return emit(conn, "task_started", task_id=h["task"], task_name=h.get("name"),
+                project=h.get("project"))
+
+
+def task_status(conn: Connection, task_id: str, status: str) -> int | None:
+    if status in ("in_progress", "created", "queued"):
+        return None
+    return emit(conn, TASK_STATUS_KINDS.get(status, "task_status"), task_id=task_id,
+                status=status)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+def _event(row: Any) -> Event:
+    return Event(id=int(row.id), ts=row.ts, kind=row.kind, model_id=row.model_id,
+                 task_id=row.task_id, data=json.loads(row.data or "{}"))
+
+
+def last_id(catalog: SqlCatalog) -> int:
+    with catalog.read() as conn:
+        return int(conn.execute(select(func.max(s.events.c.id))).scalar() or 0)
+
+
+def read_after(catalog: SqlCatalog, cursor: int, limit: int = 500,
+               kinds: Iterable[str] | None = None) -> list[Event]:
+    q = select(s.events).where(s.events.c.id > cursor).order_by(s.events.c.id).limit(limit)
+    if kinds is not None:
+        q = q.where(s.events.c.kind.in_(list(kinds)))
+    with catalog.read() as conn:
+        return [_event(r) for r in conn.execute(q)]
+
+
+def get_cursor(catalog: SqlCatalog, consumer: str) -> int | None:
+    with catalog.read() as conn:
+        value = conn.execute(select(s.event_consumers.c.cursor).where(
+            s.event_consumers.c.name == consumer)).scalar()
+    return None if value is None else int(value)
+
+
+def set_cursor(catalog: SqlCatalog, consumer: str, cursor: int) -> None:
+    """Store a consumer's position (never moves it backwards)."""
+    with catalog.write() as conn:
+        found = conn.execute(select(s.event_consumers.c.cursor).where(
+            s.event_consumers.c.name == consumer)).first()
+        if found is None:
+            conn.execute(s.event_consumers.insert().values(name=consumer, cursor=cursor,
+                                                           updated=now()))
+        elif cursor > found[0]:
+            conn.execute(update(s.event_consumers).where(
+                s.event_consumers.c.name == consumer).values(cursor=cursor, updated=now()))
+
+
+def start_cursor(catalog: SqlCatalog, consumer: str | None, from_start: bool) -> int:
+    """Where a consumer resumes: its stored cursor; a new one starts at the end of the log
+    (or before the first event with ``from_start``) and is stored at once."""
+    if consumer:
+        stored = get_cursor(catalog, consumer)
+        if stored is not None:
+            return stored
+    cursor = 0 if from_start else last_id(catalog)
+    if consumer:
+        with catalog.write() as conn:
+            found = conn.execute(select(s.event_consumers.c.cursor).where(
+                s.event_consumers.c.name == consumer)).first()
+            if found is not None:
+                return int(found[0])
+            conn.execute(s.event_consumers.insert().values(name=consumer, cursor=cursor,
+                                                           updated=now()))
+    return cursor
+
+
+def add_dead_letter(catalog: SqlCatalog, consumer: str, event: Event, target: str,
+                    attempts: int, error: str, body: str) -> None:
+    with catalog.write() as conn:
+        conn.execute(s.event_dead_letters.insert().values(
+            consumer=consumer, event_id=event.id, target=target, attempts=attempts,
+            error=error[:2000], body=body, created=now()))
+
+
+def dead_letters(catalog: SqlCatalog, consumer: str | None = None) -> list[dict[str, Any]]:
+    q = select(s.event_dead_letters).order_by(s.event_dead_letters.c.id)
+    if consumer is not None:
+        q = q.where(s.event_dead_letters.c.consumer == consumer)
+    with catalog.read() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+# -- waiting ----------------------------------------------------------------------------------------
+
+class Waiter:
+    """Sleeps until the log may have grown or ``timeout`` passes.
+
+    PostgreSQL: a dedicated connection LISTENs on the channel that ``emit`` notifies at commit
+    (a lost connection falls back to polling and reconnects). SQLite: polls ``max(id)`` every
+    ``poll`` seconds (at most 1 s).
+    """
+
+    def __init__(self, catalog: SqlCatalog, poll: float = 0.2,
+                 stop: threading.Event | None = None) -> None:
+        self.catalog = catalog
+        self.poll = min(max(poll, 0.01), 1.0)
+        self._listen: Any = None
+        self._stop = stop or threading.Event()
+
+    @property
+    def uses_notify(self) -> bool:
+        return not self.catalog.is_sqlite
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        url = self.catalog.engine.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        conn.execute(f"LISTEN {CHANNEL}")
+        return conn
+
+    def wait(self, timeout: float, after: int | None = None) -> None:
+        """Return when an event newer than ``after`` may exist, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        if self.uses_notify:
+            try:
+                if self._listen is None:
+                    self._listen = self._connect()
+                    return  # events may have come while we were not listening
+                remaining = max(0.0, deadline - time.monotonic())
+                for _ in self._listen.notifies(timeout=remaining, stop_after=1):
+                    break
+                return
+            except Exception as exc:  # server gone: poll until it is back
+                log.warning("clearml-hooks: event LISTEN connection lost (%s); polling", exc)
+                self.close()
+        while not self._stop.is_set():
+            if after is not None and last_id(self.catalog) > after:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(self.poll, remaining))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        conn, self._listen = self._listen, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def follow(catalog: SqlCatalog, cursor: int, *, stop: threading.Event,
+           max_wait: float = 1.0, poll: float = 0.2, batch: int = 500) -> Iterable[Event]:
+    """Yield events after ``cursor`` as they are committed, until ``stop`` is set."""
+    waiter = Waiter(catalog, poll=poll, stop=stop)
+    try:
+        while not stop.is_set():
+            events = read_after(catalog, cursor, limit=batch)
+            for event in events:
+                yield event
+                cursor = event.id
+                if stop.is_set():
+                    return
+            if len(events) < batch:
+                waiter.wait(max_wait, after=cursor)
+    finally:
+        waiter.close()

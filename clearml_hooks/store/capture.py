@@ -64,7 +64,7 @@ class Capturer:
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._start_timer: threading.Timer | None = None
-        store.worker.add_listener(self._on_resolved)
+        self._listening = False
 
     # -- the task record ------------------------------------------------------------------------
 
@@ -236,7 +236,11 @@ class Capturer:
                         self._linked.setdefault(full, []).append(entry)
         self.stats["saves"] += 1
         if not self.offline:
-            self.store.worker.submit(record)
+            worker = self.store.worker
+            if linked and not self._listening:
+                self._listening = True
+                worker.add_listener(self._on_resolved)
+            worker.submit(record)
         return record
 
     def _staged_path(self, full: str, rid: str, rel: str, folders: list[str]) -> str | None:

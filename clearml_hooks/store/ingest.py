@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from clearml_hooks.store import events
 from clearml_hooks.store import schema as s
 from clearml_hooks.store.catalog import SqlCatalog, new_id, now
 
@@ -25,17 +26,24 @@ GC_LOCK_KEY = "blob_gc"
 def ingest_task(catalog: SqlCatalog, h: dict[str, Any]) -> None:
     """The task row of a ``task`` record (kept if it exists: a fork's journal repeats it)."""
     with catalog.write() as conn:
-        if conn.execute(select(s.tasks.c.id).where(s.tasks.c.id == h["task"])).first():
-            return
-        project_id = catalog.ensure_project(conn, h["project"])
-        conn.execute(s.tasks.insert().values(
-            id=h["task"], project_id=project_id, name=h["name"], task_type=h["type"],
-            status="in_progress", tags=json.dumps(h.get("tags") or []), comment="", labels="{}",
-            host=h.get("host", ""), pid=h.get("pid"), created=h["ts"], updated=h["ts"]))
+        ingest_task_in(catalog, conn, h)
 
 
-def ingest_status(catalog: SqlCatalog, h: dict[str, Any]) -> None:
-    catalog.update_task(h["task"], status=h["status"])
+def ingest_task_in(catalog: SqlCatalog, conn: Connection, h: dict[str, Any]) -> None:
+    if conn.execute(select(s.tasks.c.id).where(s.tasks.c.id == h["task"])).first():
+        return
+    project_id = catalog.ensure_project(conn, h["project"])
+    conn.execute(s.tasks.insert().values(
+        id=h["task"], project_id=project_id, name=h["name"], task_type=h["type"],
+        status="in_progress", tags=json.dumps(h.get("tags") or []), comment="", labels="{}",
+        host=h.get("host", ""), pid=h.get("pid"), created=h["ts"], updated=h["ts"]))
+    events.task_started(conn, h)
+
+
+def ingest_status_in(conn: Connection, h: dict[str, Any]) -> None:
+    conn.execute(update(s.tasks).where(s.tasks.c.id == h["task"]).values(
+        status=h["status"], updated=now()))
+    events.task_status(conn, h["task"], h["status"])
 
 
 def ingest_snapshot(catalog: SqlCatalog, h: dict[str, Any], owner: str) -> dict[str, Any]:
@@ -45,31 +53,36 @@ def ingest_snapshot(catalog: SqlCatalog, h: dict[str, Any], owner: str) -> dict[
     ``update_weights`` record names its model. A model removed meanwhile: ``state`` "gone".
     """
     with catalog.write() as conn:
-        row = conn.execute(select(s.snapshots).where(s.snapshots.c.id == h["rid"])).mappings().first()
-        if row is not None:
-            return dict(row)
-        t = now()
-        model_id = h.get("model")
-        if model_id:
-            model = conn.execute(select(s.models).where(s.models.c.id == model_id)).mappings().first()
-            if model is None:
-                return {"state": "gone", "model_id": model_id}
-            _update_manual_model(conn, dict(model), h, t)
-        else:
-            model_id = _captured_model(catalog, conn, h, t)
-        version = (conn.execute(select(func.max(s.snapshots.c.version)).where(
-            s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
-        values = {
-            "id": h["rid"], "model_id": model_id, "version": version, "iteration": h.get("it"),
-            "state": "pending", "kind": h["kind"], "source_path": h.get("src"),
-            "source_size": h.get("src_size"), "source_mtime_ns": h.get("src_mtime_ns"),
-            "staging": json.dumps(h.get("staging") or []), "owner": owner, "created": h["ts"]}
-        conn.execute(s.snapshots.insert(), values)
-        files = h.get("files") or []
-        if files:
-            conn.execute(s.snapshot_files.insert(), [
-                {"snapshot_id": h["rid"], "relpath": f["rel"], "size": f["size"]} for f in files])
-        return values
+        return ingest_snapshot_in(catalog, conn, h, owner)
+
+
+def ingest_snapshot_in(catalog: SqlCatalog, conn: Connection, h: dict[str, Any],
+                       owner: str) -> dict[str, Any]:
+    row = conn.execute(select(s.snapshots).where(s.snapshots.c.id == h["rid"])).mappings().first()
+    if row is not None:
+        return dict(row)
+    t = now()
+    model_id = h.get("model")
+    if model_id:
+        model = conn.execute(select(s.models).where(s.models.c.id == model_id)).mappings().first()
+        if model is None:
+            return {"state": "gone", "model_id": model_id}
+        _update_manual_model(conn, dict(model), h, t)
+    else:
+        model_id = _captured_model(catalog, conn, h, t)
+    version = (conn.execute(select(func.max(s.snapshots.c.version)).where(
+        s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
+    values = {
+        "id": h["rid"], "model_id": model_id, "version": version, "iteration": h.get("it"),
+        "state": "pending", "kind": h["kind"], "source_path": h.get("src"),
+        "source_size": h.get("src_size"), "source_mtime_ns": h.get("src_mtime_ns"),
+        "staging": json.dumps(h.get("staging") or []), "owner": owner, "created": h["ts"]}
+    conn.execute(s.snapshots.insert(), values)
+    files = h.get("files") or []
+    if files:
+        conn.execute(s.snapshot_files.insert(), [
+            {"snapshot_id": h["rid"], "relpath": f["rel"], "size": f["size"]} for f in files])
+    return values
 
 
 def _captured_model(catalog: SqlCatalog, conn: Connection, h: dict[str, Any], t: float) -> str:
@@ -93,6 +106,7 @@ def _captured_model(catalog: SqlCatalog, conn: Connection, h: dict[str, Any], t:
                 created=t))
     except IntegrityError:  # another process of this task saved the same path first
         return conn.execute(q).scalar_one()
+    events.emit(conn, "registered", model_id=model_id, origin="captured")
     return model_id
 
 
@@ -117,40 +131,52 @@ def complete_snapshot(catalog: SqlCatalog, snapshot_id: str, *,
                       uri: str) -> bool:
     """pending -> ready (never anything else); the model points at its newest ready snapshot.
     Releases the snapshot's blob pins in the same transaction."""
-    t = now()
     with catalog.write() as conn:
-        snap = conn.execute(select(s.snapshots).where(s.snapshots.c.id == snapshot_id)).mappings().first()
-        conn.execute(delete(s.blob_pins).where(s.blob_pins.c.snapshot_id == snapshot_id))
-        if snap is None or snap["state"] != "pending":
-            return False
-        conn.execute(delete(s.snapshot_files).where(s.snapshot_files.c.snapshot_id == snapshot_id))
-        conn.execute(s.snapshot_files.insert(), [
-            {"snapshot_id": snapshot_id, "relpath": rel, "sha256": sha, "size": sz}
-            for rel, sha, sz in files])
-        conn.execute(update(s.snapshots).where(s.snapshots.c.id == snapshot_id).values(
-            state="ready", digest=digest, size=size, completed=t, staging=None, error=None))
-        model = conn.execute(select(s.models.c.latest_snapshot_id).where(
-            s.models.c.id == snap["model_id"])).first()
-        newest = True
-        if model and model[0]:
-            current = conn.execute(select(s.snapshots.c.version).where(
-                s.snapshots.c.id == model[0])).scalar()
-            newest = current is None or snap["version"] >= current
-        if newest:
-            conn.execute(update(s.models).where(s.models.c.id == snap["model_id"]).values(
-                latest_snapshot_id=snapshot_id, uri=uri, ready=True, updated=t,
-                iteration=snap["iteration"]))
-        return True
+        return complete_in(conn, snapshot_id, files=files, digest=digest, size=size, uri=uri)
+
+
+def complete_in(conn: Connection, snapshot_id: str, *, files: Sequence[tuple[str, str, int]],
+                digest: str, size: int, uri: str) -> bool:
+    t = now()
+    snap = conn.execute(select(s.snapshots).where(s.snapshots.c.id == snapshot_id)).mappings().first()
+    conn.execute(delete(s.blob_pins).where(s.blob_pins.c.snapshot_id == snapshot_id))
+    if snap is None or snap["state"] != "pending":
+        return False
+    conn.execute(delete(s.snapshot_files).where(s.snapshot_files.c.snapshot_id == snapshot_id))
+    conn.execute(s.snapshot_files.insert(), [
+        {"snapshot_id": snapshot_id, "relpath": rel, "sha256": sha, "size": sz}
+        for rel, sha, sz in files])
+    conn.execute(update(s.snapshots).where(s.snapshots.c.id == snapshot_id).values(
+        state="ready", digest=digest, size=size, completed=t, staging=None, error=None))
+    model = conn.execute(select(s.models.c.latest_snapshot_id).where(
+        s.models.c.id == snap["model_id"])).first()
+    newest = True
+    if model and model[0]:
+        current = conn.execute(select(s.snapshots.c.version).where(
+            s.snapshots.c.id == model[0])).scalar()
+        newest = current is None or snap["version"] >= current
+    if newest:
+        conn.execute(update(s.models).where(s.models.c.id == snap["model_id"]).values(
+            latest_snapshot_id=snapshot_id, uri=uri, ready=True, updated=t,
+            iteration=snap["iteration"]))
+    events.snapshot_event(conn, "version_ready", snapshot_id, newest=newest)
+    return True
 
 
 def fail_snapshot(catalog: SqlCatalog, snapshot_id: str, error: str) -> bool:
     """pending -> failed with its reason (a ready snapshot is never touched)."""
     with catalog.write() as conn:
-        conn.execute(delete(s.blob_pins).where(s.blob_pins.c.snapshot_id == snapshot_id))
-        result = conn.execute(update(s.snapshots).where(
-            s.snapshots.c.id == snapshot_id, s.snapshots.c.state == "pending").values(
-            state="failed", error=error[:2000], completed=now(), staging=None))
-        return result.rowcount == 1
+        return fail_in(conn, snapshot_id, error)
+
+
+def fail_in(conn: Connection, snapshot_id: str, error: str) -> bool:
+    conn.execute(delete(s.blob_pins).where(s.blob_pins.c.snapshot_id == snapshot_id))
+    result = conn.execute(update(s.snapshots).where(
+        s.snapshots.c.id == snapshot_id, s.snapshots.c.state == "pending").values(
+        state="failed", error=error[:2000], completed=now(), staging=None))
+    if result.rowcount == 1:
+        events.snapshot_event(conn, "version_failed", snapshot_id, error=error[:500])
+    return result.rowcount == 1
 
 
 def snapshot_state(catalog: SqlCatalog, snapshot_id: str) -> str | None:
@@ -178,13 +204,21 @@ def _gc_lock(conn: Connection) -> None:
 
 def pin_blob(catalog: SqlCatalog, sha: str, snapshot_id: str) -> None:
     """Before trusting that a blob exists (dedup): collection keeps pinned blobs."""
+    pin_blobs(catalog, [(sha, snapshot_id)])
+
+
+def pin_blobs(catalog: SqlCatalog, pins: Sequence[tuple[str, str]]) -> None:
+    """Pin (sha, snapshot id) pairs in one transaction."""
+    if not pins:
+        return
     with catalog.write() as conn:
         _gc_lock(conn)
-        exists = conn.execute(select(s.blob_pins.c.sha256).where(
-            s.blob_pins.c.sha256 == sha, s.blob_pins.c.snapshot_id == snapshot_id)).first()
-        if exists is None:
-            conn.execute(s.blob_pins.insert().values(sha256=sha, snapshot_id=snapshot_id,
-                                                     created=now()))
+        for sha, snapshot_id in dict.fromkeys(pins):
+            exists = conn.execute(select(s.blob_pins.c.sha256).where(
+                s.blob_pins.c.sha256 == sha, s.blob_pins.c.snapshot_id == snapshot_id)).first()
+            if exists is None:
+                conn.execute(s.blob_pins.insert().values(sha256=sha, snapshot_id=snapshot_id,
+                                                         created=now()))
 
 
 def collect_blobs(catalog: SqlCatalog, shas: set[str], delete_blob: Callable[[str], None]) -> \

@@ -18,7 +18,6 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 try:
@@ -30,14 +29,14 @@ SEGMENT_MAX = 16 << 20  # start a new segment past this size, so finished ones c
 WORK = frozenset({"task", "snap", "load", "status"})
 
 
-@dataclass
 class Record:
     """One journal record: its header, and where its payload lies."""
 
-    header: dict[str, Any]
-    segment: str
-    offset: int  # of the payload
-    length: int
+    __slots__ = ("header", "segment", "offset", "length")
+
+    def __init__(self, header: dict[str, Any], segment: str, offset: int, length: int) -> None:
+        self.header, self.segment = header, segment
+        self.offset, self.length = offset, length  # of the payload
 
     @property
     def rid(self) -> str:
@@ -53,10 +52,12 @@ class Record:
         return data
 
 
-@dataclass
 class _Segment:
-    path: str
-    outstanding: set[str] = field(default_factory=set)
+    __slots__ = ("path", "outstanding")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.outstanding: set[str] = set()
 
 
 def new_id() -> str:
@@ -242,13 +243,13 @@ def read_records(journal_dir: str) -> tuple[list[Record], set[str]]:
     return records, done
 
 
-@dataclass
 class JournalInfo:
-    path: str
-    owner: str
-    alive: bool
-    pending: list[Record]
-    size: int
+    """A journal as ``clearml-hooks status`` shows it."""
+
+    def __init__(self, path: str, owner: str, alive: bool, pending: list[Record],
+                 size: int) -> None:
+        self.path, self.owner, self.alive, self.pending, self.size = (
+            path, owner, alive, pending, size)
 
 
 def journal_dirs(root: str) -> Iterator[str]:

@@ -30,6 +30,9 @@ log = logging.getLogger("clearml_hooks")
 
 CHUNK = 1 << 20
 MAX_BACKOFF = 30.0
+QUIET = 0.05  # a burst of saves is gathered until it pauses this long ...
+MAX_GATHER = 1.0  # ... or for at most this long
+MAX_BATCH = 256
 PERMANENT_ATTEMPTS = 3
 _TRANSIENT_MODULES = ("sqlalchemy", "psycopg", "botocore", "aiobotocore", "aiohttp", "s3fs",
                       "fsspec", "urllib3", "requests", "google", "azure", "adlfs", "gcsfs")
@@ -83,19 +86,64 @@ class Processor:
     def process(self, record: Record) -> str:
         """Apply one record; returns its outcome (ready, failed, gone, done). Raises on a
         transient failure (the record stays journaled)."""
-        kind = record.header.get("t")
-        if kind == "snap":
-            return self.snapshot(record)
+        return self.process_batch([record])[record.rid]
+
+    def process_batch(self, records: list[Record]) -> dict[str, str]:
+        """Apply records in journal order, in a few transactions for the whole batch (a burst
+        of small saves costs the worker little CPU, so it competes little with training)."""
         from clearml_hooks.store import ingest
+        from clearml_hooks.store.staging import SourceChanged, remove_staging
 
         catalog = self.store.catalog
-        if kind == "task":
-            ingest.ingest_task(catalog, record.header)
-        elif kind == "status":
-            ingest.ingest_status(catalog, record.header)
-        elif kind == "load":
+        outcomes: dict[str, str] = {}
+        snaps: list[tuple[Record, dict[str, Any]]] = []
+        loads: list[Record] = []
+        with catalog.write() as conn:
+            for record in records:
+                h = record.header
+                kind = h.get("t")
+                if kind == "task":
+                    ingest.ingest_task_in(catalog, conn, h)
+                elif kind == "status":
+                    ingest.ingest_status_in(conn, h)
+                elif kind == "snap":
+                    snaps.append((record, ingest.ingest_snapshot_in(catalog, conn, h,
+                                                                    self.owner)))
+                    continue
+                elif kind == "load":
+                    loads.append(record)
+                    continue
+                outcomes[record.rid] = "done"
+        for record in loads:
             self.load(record.header)
-        return "done"
+            outcomes[record.rid] = "done"
+        finished: list[tuple[str, Any]] = []  # (rid, completion kwargs | failure reason)
+        pending = [(r, row) for r, row in snaps if row["state"] == "pending"]
+        inline = self._inline_shas([r for r, _ in pending if not r.header.get("error")])
+        ingest.pin_blobs(catalog, [(sha, rid) for rid, shas in inline.items() for sha in shas])
+        for record, row in snaps:
+            h = record.header
+            if row["state"] != "pending":
+                outcomes[record.rid] = row["state"]
+            elif h.get("error"):
+                finished.append((record.rid, h["error"]))
+            else:
+                try:
+                    finished.append((record.rid, self._store_bytes(record)))
+                except SourceChanged as exc:
+                    finished.append((record.rid, str(exc)))
+        if finished:
+            with catalog.write() as conn:
+                for rid, result in finished:
+                    if isinstance(result, str):
+                        ingest.fail_in(conn, rid, result)
+                        outcomes[rid] = "failed"
+                    else:
+                        ingest.complete_in(conn, rid, **result)
+                        outcomes[rid] = "ready"
+        for record, _row in snaps:
+            remove_staging(record.header.get("staging") or [])
+        return outcomes
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -109,28 +157,23 @@ class Processor:
             blobs = self._dest_blobs[dest] = open_blob_store(dest)
         return blobs
 
-    def snapshot(self, record: Record) -> str:
-        from clearml_hooks.store import ingest
-        from clearml_hooks.store.staging import SourceChanged, remove_staging
+    def _inline_shas(self, records: list[Record]) -> dict[str, list[str]]:
+        """sha256 of every inline file, per snapshot (pinned together in one transaction)."""
+        out: dict[str, list[str]] = {}
+        for record in records:
+            offset = 0
+            shas = []
+            for f in record.header["files"]:
+                if f["how"] == "inline":
+                    shas.append(hashlib.sha256(record.payload(offset, f["size"])).hexdigest())
+                    offset += f["size"]
+            record.header["_inline_shas"] = shas
+            out[record.rid] = shas
+        return out
 
-        h = record.header
-        catalog = self.store.catalog
-        row = ingest.ingest_snapshot(catalog, h, self.owner)
-        state = row["state"]
-        if state == "pending" and h.get("error"):
-            ingest.fail_snapshot(catalog, h["rid"], h["error"])
-            state = "failed"
-        elif state == "pending":
-            try:
-                self._store_bytes(record)
-                state = "ready"
-            except SourceChanged as exc:
-                ingest.fail_snapshot(catalog, h["rid"], str(exc))
-                state = "failed"
-        remove_staging(h.get("staging") or [])
-        return state
-
-    def _store_bytes(self, record: Record) -> None:
+    def _store_bytes(self, record: Record) -> dict[str, Any]:
+        """Store every file's bytes; returns what ``complete_in`` needs. Inline shas were
+        pinned by the caller; a staged file is pinned once hashed."""
         from clearml_hooks.store import ingest
         from clearml_hooks.store.staging import SourceChanged, StagedReader
 
@@ -140,13 +183,13 @@ class Processor:
         local_root = getattr(blobs, "root", None) if hasattr(blobs, "path_for") else None
         stored: list[tuple[str, str, int]] = []
         offset = 0
+        inline_shas = iter(h.get("_inline_shas") or [])
         for f in h["files"]:
             rel = f["rel"]
             if f["how"] == "inline":
                 data = record.payload(offset, f["size"])
                 offset += f["size"]
-                sha = hashlib.sha256(data).hexdigest()
-                ingest.pin_blob(catalog, sha, h["rid"])
+                sha = next(inline_shas, None) or hashlib.sha256(data).hexdigest()
                 if not blobs.exists(sha):
                     got, _ = blobs.store_stream(io.BytesIO(data))
                     if got != sha:  # cannot happen: the bytes are in memory
@@ -177,8 +220,8 @@ class Processor:
         else:
             digest = manifest_digest(stored)
             uri = blobs.url_for(digest) + "?manifest"
-        ingest.complete_snapshot(catalog, h["rid"], files=stored, digest=digest,
-                                 size=sum(sz for _, _, sz in stored), uri=uri)
+        return {"files": stored, "digest": digest, "size": sum(sz for _, _, sz in stored),
+                "uri": uri}
 
     # -- loads ----------------------------------------------------------------------------------
 
@@ -231,6 +274,18 @@ def _walk(path: str, kind: str) -> list[tuple[str, str]]:
             full = os.path.join(folder, name)
             out.append((full, os.path.relpath(full, path)))
     return sorted(out, key=lambda item: item[1])
+
+
+WORKER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Linux schedules threads on their own: a niced worker yields the CPU to training when
+    both want it (hashing a large checkpoint would otherwise take a core from it)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (AttributeError, OSError):
+        pass
 
 
 class RecoverJob:
@@ -340,45 +395,73 @@ class Worker:
 
     # -- the thread -----------------------------------------------------------------------------
 
+    def _next_batch(self) -> list:
+        """The next record, plus those that follow it closely: a burst of saves is taken in
+        one go once it pauses (``QUIET`` s), so the worker does not interleave with it."""
+        batch = [self._queue.get()]
+        if isinstance(batch[0], RecoverJob):
+            return batch
+        deadline = time.monotonic() + MAX_GATHER
+        while len(batch) < MAX_BATCH and time.monotonic() < deadline:
+            try:
+                record = self._queue.get(timeout=QUIET)
+            except queue.Empty:
+                break
+            if isinstance(record, RecoverJob):
+                self._queue.put(record)
+                break
+            batch.append(record)
+        return batch
+
     def _run(self, generation: int) -> None:
+        _lower_priority()
         while True:
-            record = self._queue.get()
+            batch = self._next_batch()
             if generation != self._generation:
-                self._queue.put(record)  # abandoned: the newer thread takes it
+                for record in batch:  # abandoned: the newer thread takes them
+                    self._queue.put(record)
                 return
-            self._current = (record, time.monotonic(), generation)
-            outcome = self._process_with_retries(record, generation)
+            self._current = (batch, time.monotonic(), generation)
+            outcomes = self._process_with_retries(batch, generation)
             self._current = None
             if generation != self._generation:
-                return  # the watchdog gave up on us and already counted this record
-            self._resolved(record, outcome)
+                return  # the watchdog gave up on us and already counted these records
+            for record in batch:
+                self._resolved(record, outcomes.get(record.rid))
 
-    def _process_with_retries(self, record: Record, generation: int) -> str | None:
+    def _process_with_retries(self, batch: list, generation: int) -> dict[str, str]:
         delay = 1.0
         failures = 0
         while True:
             try:
-                if isinstance(record, RecoverJob):
+                if isinstance(batch[0], RecoverJob):
                     recover(self.store, own=self.journal.name)
-                    return "done"
-                outcome = self.processor.process(record)
+                    return {RecoverJob.rid: "done"}
+                outcomes = self.processor.process_batch(batch)
                 self.waiting_since = None
-                return outcome
+                return outcomes
             except Exception as exc:
                 if generation != self._generation:
-                    return None
+                    return {}
                 if is_transient(exc):
                     self._warn_waiting(exc)
                     time.sleep(delay)
                     delay = min(delay * 2, MAX_BACKOFF)
                     if self._current is not None:  # the wait is not the job hanging
-                        self._current = (record, time.monotonic(), generation)
+                        self._current = (batch, time.monotonic(), generation)
                     continue
+                if isinstance(batch[0], RecoverJob):
+                    return {}
+                if len(batch) > 1:  # find the record that fails, one at a time
+                    outcomes = {}
+                    for record in batch:
+                        outcomes.update(self._process_with_retries([record], generation))
+                    return outcomes
                 failures += 1
                 if failures < PERMANENT_ATTEMPTS:
                     time.sleep(0.2 * failures)
                     continue
-                return self._give_up(record, exc)
+                return {batch[0].rid: self._give_up(batch[0], exc)}
 
     def _give_up(self, record: Record, exc: BaseException) -> str:
         """A record that fails for a reason of its own: fail its snapshot loudly, move on."""
@@ -430,6 +513,9 @@ class Worker:
                 pass
         with self._lock:
             self._outcomes[record.rid] = outcome or "error"
+            if len(self._outcomes) > 10000:  # waiters ask right after submitting: keep recent
+                for rid in list(self._outcomes)[:5000]:
+                    del self._outcomes[rid]
             event = self._waiters.pop(record.rid, None)
             self._outstanding -= 1
             if self._outstanding == 0:
@@ -444,18 +530,20 @@ class Worker:
             current = self._current
             if current is None or current[2] != generation:
                 continue
-            record, started, _ = current
-            size = sum(f.get("size", 0) for f in record.header.get("files") or [])
+            batch, started, _ = current
+            size = sum(f.get("size", 0) for record in batch
+                       for f in record.header.get("files") or [])
             limit = self.job_timeout + size / (20 << 20)
             if time.monotonic() - started > limit:
-                log.warning("clearml-hooks: storing %s %s took over %.0f s; leaving it in the "
-                            "journal for the next run and going on with the others",
-                            record.header.get("t"), record.rid, limit)
+                log.warning("clearml-hooks: storing %d journaled record(s) took over %.0f s; "
+                            "leaving them in the journal for the next run and going on with "
+                            "the others", len(batch), limit)
                 with self._lock:
                     self._generation += 1
                     self._thread = None
                     self._current = None
-                self._resolved(record, "error")
+                for record in batch:
+                    self._resolved(record, "error")
                 self.start()
                 return
 

@@ -1,0 +1,181 @@
+"""The capture contract's costs as a user meets them (issue 7), side by side in one run.
+
+Run: python benchmarks/bench_capture.py [--only small|exit|lateness] [--repeats 7]
+
+- small: training-thread cost of a captured small ``torch.save`` over the same save filtered
+  out, at rest and while the background worker stores a large snapshot; and how much a
+  filtered-out save slows down while the worker stores (vs. the agent off).
+- exit: process wall time of ``Task.init`` + exit with nothing saved, over the same script
+  without it (fresh interpreters, interleaved, medians).
+- lateness: p99 lateness of a 1 ms timer loop in the main thread while a 1 GiB snapshot is
+  stored in the background, vs. the same loop with nothing stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _python(code: str, env: dict | None = None) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def small_save(repeats: int) -> dict:
+    return json.loads(_python(f"""
+        import json, os, shutil, statistics, tempfile, time
+        import torch
+        from clearml_hooks import Task
+        from clearml_hooks.hooks.registry import registry
+        tmp = tempfile.mkdtemp()
+        try:
+            state = {{"w": torch.randn(256)}}  # a ~2 KB checkpoint
+            big = {{"w": torch.randn(64 * 2**20)}}  # 256 MB: keeps the worker busy
+            task = Task.init(project_name="bench", task_name="small", output_uri=tmp + "/store",
+                             auto_connect_frameworks={{"pytorch": "final*.pt"}})
+            selection, sink = registry().selection, registry().sink
+            N = 200
+            def per_save(path):
+                t = time.perf_counter()
+                for i in range(N):
+                    torch.save(state, path)
+                return (time.perf_counter() - t) / N * 1e6
+            filtered, captured = os.path.join(tmp, "epoch.pt"), os.path.join(tmp, "final.pt")
+            per_save(filtered); per_save(captured); task.flush(wait_for_uploads=True)
+            rows = {{k: [] for k in ("off", "filtered", "captured", "busy_filtered",
+                                     "busy_captured", "busy_off")}}
+            for r in range({repeats}):
+                registry().uninstrument(); rows["off"].append(per_save(filtered))
+                registry().instrument(selection, sink)
+                rows["filtered"].append(per_save(filtered))
+                rows["captured"].append(per_save(captured))
+                task.flush(wait_for_uploads=True)
+                # the worker stores a 256 MB snapshot while we save
+                torch.save(big, os.path.join(tmp, "final_big.pt"))
+                rows["busy_filtered"].append(per_save(filtered))
+                rows["busy_captured"].append(per_save(captured))
+                registry().uninstrument(); rows["busy_off"].append(per_save(filtered))
+                registry().instrument(selection, sink)
+                busy = task.store.worker.outstanding()
+                task.flush(wait_for_uploads=True)
+            med = {{k: statistics.median(v) for k, v in rows.items()}}
+            med["captured_over_filtered_us"] = med["captured"] - med["filtered"]
+            med["busy_captured_over_filtered_us"] = med["busy_captured"] - med["busy_filtered"]
+            med["filtered_slowdown_busy"] = med["busy_filtered"] / med["off"]
+            med["stats"] = task.capture_stats
+            task.close()
+            print(json.dumps(med))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    """))
+
+
+def exit_cost(repeats: int) -> dict:
+    """Fresh interpreters: a script with Task.init (nothing saved) vs the same without. Both
+    read compiled bytecode, as an installed package does (a private pycache, removed after)."""
+    package = REPO / "clearml_hooks"
+    had_pycache = {p.parent for p in package.rglob("__pycache__/*.pyc")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], env=env, check=True)
+    try:
+        return _exit_cost(repeats)
+    finally:  # remove the bytecode this benchmark wrote
+        import shutil
+
+        for folder in package.rglob("__pycache__"):
+            if folder not in had_pycache:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _exit_cost(repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = "import sys\n"
+        with_task = textwrap.dedent(f"""
+            from clearml_hooks import Task
+            Task.init(project_name="bench", task_name="exit", output_uri={tmp!r} + "/store")
+        """)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        samples: dict[str, list[float]] = {"plain": [], "task": []}
+        for i in range(repeats):
+            for name, code in (("plain", plain), ("task", with_task))[:: 1 if i % 2 else -1]:
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-c", code], env=env, check=True)
+                samples[name].append((time.perf_counter() - t) * 1e3)
+    plain_ms, task_ms = statistics.median(samples["plain"]), statistics.median(samples["task"])
+    return {"plain_ms": plain_ms, "task_ms": task_ms, "added_ms": task_ms - plain_ms}
+
+
+def lateness(size_mb: int, repeats: int) -> dict:
+    return json.loads(_python(f"""
+        import json, os, shutil, statistics, tempfile, time
+        from clearml_hooks import Task
+        from clearml_hooks.hooks.binding import Location
+        tmp = tempfile.mkdtemp()
+        try:
+            path = os.path.join(tmp, "big.bin")
+            with open(path, "wb") as f:
+                for _ in range({size_mb}):
+                    f.write(os.urandom(1 << 20))
+            task = Task.init(project_name="bench", task_name="late", output_uri=tmp + "/store",
+                             auto_connect_frameworks=False)
+            def loop(seconds):
+                late, end = [], time.perf_counter() + seconds
+                while time.perf_counter() < end:
+                    t = time.perf_counter(); time.sleep(0.001)
+                    late.append((time.perf_counter() - t - 0.001) * 1e3)
+                late.sort()
+                return late[int(len(late) * 0.99)]
+            quiet, busy, store_s = [], [], []
+            for r in range({repeats}):
+                quiet.append(loop(1.0))
+                t = time.perf_counter()
+                task.capturer.saved(None, Location(path), "PyTorch")
+                samples = []
+                while task.store.worker.outstanding():
+                    samples.append(loop(0.25))
+                store_s.append(time.perf_counter() - t)
+                busy.append(max(samples) if samples else 0.0)
+            print(json.dumps({{"quiet_p99_ms": statistics.median(quiet),
+                              "busy_p99_ms": statistics.median(busy),
+                              "store_s": statistics.median(store_s)}}))
+            task.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    """))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--only", choices=["small", "exit", "lateness"])
+    args = parser.parse_args()
+    results = {}
+    if args.only in (None, "small"):
+        results["small"] = small_save(args.repeats)
+        print("small", results["small"], flush=True)
+    if args.only in (None, "exit"):
+        results["exit"] = exit_cost(max(args.repeats, 11))
+        print("exit", results["exit"], flush=True)
+    if args.only in (None, "lateness"):
+        results["lateness"] = lateness(args.size_mb, max(3, args.repeats // 2))
+        print("lateness", results["lateness"], flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

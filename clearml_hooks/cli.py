@@ -521,6 +521,95 @@ def ui(ctx: click.Context, host: str, port: int, home: str | None, token: str | 
         server.socket.close()
 
 
+# -- watch and serve: react to registry events ---------------------------------------------------------
+
+@cli.command()
+@click.option("--on", "on", multiple=True, required=True, metavar="EVENT",
+              help="publish, archive, unarchive, new-version, tag:NAME, register, any, or an "
+                   "event kind (repeatable).")
+@click.option("--project", default=None, help="Only models of this project (exact name).")
+@click.option("--name", default=None, metavar="REGEX", help="Only models whose name matches.")
+@click.option("--exec", "command", default=None, metavar="CMD",
+              help='Run CMD per event: "deploy.sh {model_id} {event} {version}" (also in '
+                   "CLEARML_HOOKS_* environment variables).")
+@click.option("--webhook", default=None, metavar="URL", help="POST each event as JSON to URL.")
+@click.option("--secret", default=None, envvar="CLEARML_HOOKS_WEBHOOK_SECRET",
+              help="Sign webhook bodies: X-ClearML-Hooks-Signature: sha256=HMAC-SHA256(secret, "
+                   "body) (or CLEARML_HOOKS_WEBHOOK_SECRET).")
+@click.option("--tries", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Webhook tries before the event goes to the dead-letter list.")
+@click.option("--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds before the first webhook retry (doubling each time).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
+              help="Seconds a command (or 1/60 of it a webhook request) may take.")
+@click.option("--consumer", default=None, metavar="NAME",
+              help="Durable cursor: after a restart, missed events are delivered once each.")
+@click.option("--from-start", is_flag=True,
+              help="A new consumer starts at the first event instead of the end of the log.")
+@click.pass_context
+@_errors
+def watch(ctx: click.Context, on, project, name, command, webhook, secret, tries, backoff,
+          timeout, consumer, from_start) -> None:
+    """Run a command or call a webhook when models are published, tagged, archived, ..."""
+    import signal
+
+    from clearml_hooks.watch import ExecTarget, Matcher, Watcher, WebhookTarget
+
+    if bool(command) == bool(webhook):
+        raise CliError("give exactly one of --exec CMD or --webhook URL")
+    matcher = Matcher(on=list(on), project=project, name=name)
+    catalog = _store(ctx, recover_rows=False).catalog
+    if command:
+        target = ExecTarget(command, timeout=timeout)
+    else:
+        target = WebhookTarget(webhook, secret, tries=tries, backoff=backoff,
+                               timeout=min(30.0, max(1.0, timeout / 60)), catalog=catalog,
+                               consumer=consumer)
+    watcher = Watcher(catalog, matcher, target, consumer=consumer, from_start=from_start)
+
+    def _stop(*_):
+        watcher.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    who = f" as consumer {consumer!r}" if consumer else ""
+    click.echo(f"clearml-hooks watch{who}: {target.describe} on {', '.join(on)} "
+               f"after event {watcher.cursor} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    watcher.run()
+
+
+@cli.command()
+@click.option("--project", default=None, help="Project of the model (exact name).")
+@click.option("--name", default=None, help="Model name (exact).")
+@click.option("--tag", default=None, help="Serve the newest model carrying this tag.")
+@click.option("--published", is_flag=True, help="Serve the newest published model.")
+@click.option("--endpoint", required=True, help="Model name in the URLs: /v2/models/ENDPOINT.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True,
+              help="Port (0: any free port).")
+@click.pass_context
+@_errors
+def serve(ctx: click.Context, project, name, tag, published, endpoint, host, port) -> None:
+    """Serve the newest matching model over KServe V2 REST, swapping on publish / tag.
+
+    Loading a pickled model runs code: serve only models from a registry you trust.
+    (Needs the serve extra: pip install 'clearml-hooks[serve]'.)
+    """
+    if bool(tag) == bool(published):
+        raise CliError("give exactly one of --tag T or --published")
+    try:
+        from clearml_hooks.serve import serve as run_serve
+    except ImportError as exc:
+        raise CliError(f"serve needs the serve extra (pip install 'clearml-hooks[serve]'): "
+                       f"{exc}") from exc
+    try:
+        run_serve(_store(ctx, recover_rows=False), endpoint=endpoint, project=project,
+                  name=name, tag=tag, published=published, host=host, port=port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
 # -- run --------------------------------------------------------------------------------------------
 
 @cli.command(context_settings={"allow_interspersed_args": False,

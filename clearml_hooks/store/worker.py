@@ -114,9 +114,6 @@ class Processor:
                     loads.append(record)
                     continue
                 outcomes[record.rid] = "done"
-        for record in loads:
-            self.load(record.header)
-            outcomes[record.rid] = "done"
         finished: list[tuple[str, Any]] = []  # (rid, completion kwargs | failure reason)
         pending = [(r, row) for r, row in snaps if row["state"] == "pending"]
         inline = self._inline_shas([r for r, _ in pending if not r.header.get("error")])
@@ -143,6 +140,9 @@ class Processor:
                         outcomes[rid] = "ready"
         for record, _row in snaps:
             remove_staging(record.header.get("staging") or [])
+        for record in loads:  # after the snapshots: a load of a file just saved finds it
+            self.load(record.header)
+            outcomes[record.rid] = "done"
         return outcomes
 
     # -- snapshots ------------------------------------------------------------------------------

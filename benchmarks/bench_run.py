@@ -5,6 +5,8 @@ Fresh processes, interleaved (plain, run, plain, run, ... with the order alterna
 - start: from launching the command to the first line of the program running (the program
   prints ``time.time()`` first thing);
 - end to end: ``python -c pass`` from launch to exit (start, plus the task's close);
+- CPU: user + system time of the whole process tree (``run``, the command), which load on a
+  shared machine inflates much less than wall times;
 - with ``--torch``: ``python -c "import torch"``, where the program joins the task (on its
   first framework import) and the hooks patch torch.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,13 +40,17 @@ def _run_prefix() -> list[str]:
     return [script] if script else [sys.executable, "-m", "clearml_hooks"]
 
 
-def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(seconds to the program's first line, seconds to exit)."""
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(seconds to the program's first line, seconds to exit, CPU seconds of the process tree:
+    the figure that a busy machine inflates least)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     end = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = out.stdout.split()
-    return (float(lines[0]) - t0 if lines else float("nan")), end
+    return (float(lines[0]) - t0 if lines else float("nan")), end, cpu
 
 
 def _ms(values: list[float]) -> float:
@@ -66,13 +73,13 @@ def measure(repeats: int, torch: bool) -> dict:
             for _ in range(2):  # warm up: bytecode caches, page cache
                 _timed(python + program, env)
                 _timed(run + program, env)
-            samples: dict[str, list[tuple[float, float]]] = {"plain": [], "run": []}
+            samples: dict[str, list[tuple[float, float, float]]] = {"plain": [], "run": []}
             for i in range(repeats):
                 order = [("plain", python), ("run", run)]
                 for mode, prefix in order if i % 2 == 0 else reversed(order):
                     samples[mode].append(_timed(prefix + program, env))
-            plain_first, plain_end = zip(*samples["plain"], strict=True)
-            run_first, run_end = zip(*samples["run"], strict=True)
+            plain_first, plain_end, plain_cpu = zip(*samples["plain"], strict=True)
+            run_first, run_end, run_cpu = zip(*samples["run"], strict=True)
             results[name] = {
                 "plain_first_line_ms": _ms(list(plain_first)),
                 "run_first_line_ms": _ms(list(run_first)),
@@ -80,6 +87,8 @@ def measure(repeats: int, torch: bool) -> dict:
                 "plain_exit_ms": _ms(list(plain_end)),
                 "run_exit_ms": _ms(list(run_end)),
                 "added_exit_ms": _ms([r - p for r, p in zip(run_end, plain_end, strict=True)]),
+                "plain_cpu_ms": _ms(list(plain_cpu)),
+                "run_cpu_ms": _ms(list(run_cpu)),
             }
             print(name, results[name], flush=True)
     return results

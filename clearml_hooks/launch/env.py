@@ -67,6 +67,11 @@ def joined_task(auto_connect_frameworks: Any = True) -> dict[str, Any] | None:
     }
 
 
+def _jsonable(value: Any) -> Any:
+    """Wildcards as ``auto_connect_frameworks`` accepts them: paths, sets of patterns."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else sorted(map(os.fspath, value))
+
+
 def started() -> float:
     """When the joined task began (its record's timestamp); now if no process said."""
     try:
@@ -100,7 +105,7 @@ def export(task_id: str, project: str, name: str, task_type: str,
         PROJECT: project, TASK_NAME: name,
         TASK_TYPE: task_type, OUTPUT_URI: _output_uri(output_uri),
         FRAMEWORKS: None if auto_connect_frameworks is True
-        else json.dumps(auto_connect_frameworks, default=os.fspath),
+        else json.dumps(auto_connect_frameworks, default=_jsonable),
     }
     path = os.environ.get("PYTHONPATH", "")
     if BOOT_DIR not in path.split(os.pathsep):

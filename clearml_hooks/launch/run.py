@@ -57,7 +57,7 @@ def _terminal_sent(signum: int) -> bool:
         try:
             if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
                 return True
-        except OSError:
+        except (OSError, AttributeError):  # no controlling terminal; no process groups
             continue
     return False
 

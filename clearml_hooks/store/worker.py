@@ -620,7 +620,32 @@ def recover(store: Store, *, force: bool = False, own: str | None = None,
             if fd is not None:
                 os.close(fd)
     _remove_orphan_staging(store, own)
+    _remove_unborn_journals(root)
+    sweep = None if rows_only else getattr(store.blobs, "sweep_incoming", None)
+    if sweep is not None:
+        try:
+            sweep()  # temporaries of uploads cut off by a crash
+        except Exception as exc:
+            result.errors.append(f"sweeping temporary blobs: {type(exc).__name__}: {exc}")
     return result
+
+
+def _remove_unborn_journals(root: str) -> None:
+    """A journal folder is made under a hidden name and renamed once locked: a hidden one
+    that is old belongs to a process that died in between."""
+    from clearml_hooks.store.journal import remove_journal_dir
+
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(".new-")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            if time.time() - os.lstat(path).st_mtime > ORPHAN_AGE:
+                remove_journal_dir(path)
+        except OSError:
+            pass
 
 
 ORPHAN_AGE = 3600.0

@@ -180,11 +180,11 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             store = store_for(settings)
             # the same task record as the owner's: ingesting it is idempotent, and journaled
             # first here it orders this process's snapshots after their task
-            owner = os.environ.get(launch_env.TASK_PID, "")
+            owner_pid = os.environ.get(launch_env.TASK_PID, "")
             header = {"t": "task", "task": task_id, "project": project, "name": name,
                       "type": task_type, "tags": [], "ts": launch_env.started(),
                       "host": os.uname().nodename if hasattr(os, "uname") else "",
-                      "pid": int(owner) if owner.isdigit() else os.getpid()}
+                      "pid": int(owner_pid) if owner_pid.isdigit() else os.getpid()}
             capturer = Capturer(store, task_id, offline=settings.offline, task_header=header)
             task = cls(task_id=task_id, project=project, name=name, task_type=task_type,
                        tags=(), store=store, capturer=capturer, settings=settings)

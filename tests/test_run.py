@@ -105,6 +105,7 @@ def test_unchanged_script_and_its_python_children_join_one_task_filtered(tmp_pat
         from clearml_hooks import Task
         task = Task.init(project_name="its-own", task_name="its-own")  # joins, no second task
         assert task.id == os.environ["CLEARML_HOOKS_TASK_ID"], task.id
+        assert task.attached  # it reports no end status of its own: the run does
         torch.save({"w": 2}, "final_child.pt")
     """)
     script = _script(tmp_path / "train.py", """

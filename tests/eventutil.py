@@ -48,7 +48,7 @@ class Proc:
             except queue.Empty:
                 if self.proc.poll() is not None and self._q.empty():
                     raise AssertionError(f"process exited ({self.proc.returncode}) before "
-                                         f"{needle!r}; output:\n" + "\n".join(self.lines))
+                                         f"{needle!r}; output:\n" + "\n".join(self.lines)) from None
                 continue
             if needle in line:
                 return line

@@ -211,8 +211,8 @@ def test_webhook_signed_retried_and_dead_lettered(catalog):
 
 def test_trigger_scheduler_calls_schedule_function(catalog, monkeypatch):
     from clearml_hooks.automation import TriggerScheduler
-    from clearml_hooks.store import Store
     from clearml_hooks.config import Settings
+    from clearml_hooks.store import Store
 
     store = Store(Settings.resolve())
     calls: dict[str, list[str]] = {"pub": [], "tags": [], "arch": [], "new": []}

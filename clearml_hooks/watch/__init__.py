@@ -47,6 +47,9 @@ ON_ALIASES = {"publish": "published", "archive": "archived", "unarchive": "unarc
               "task-completed": "task_completed"}
 
 
+_PLACEHOLDER = re.compile(r"\{(model_id|event|version|name|project|event_id|task_id)\}")
+
+
 def sign(secret: str, body: bytes) -> str:
     """The signature header's value: ``sha256=`` + hex HMAC-SHA256 of the body."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -134,7 +137,8 @@ class ExecTarget:
 
     def deliver(self, event: ev.Event, stop: threading.Event) -> None:
         fields = self.fields(event)
-        cmd = self.command.format_map({k: shlex.quote(v) for k, v in fields.items()})
+        # only the known {placeholders}: other braces (JSON in the command) stay as written
+        cmd = _PLACEHOLDER.sub(lambda m: shlex.quote(fields[m.group(1)]), self.command)
         env = {**os.environ, "CLEARML_HOOKS_EVENT": event.kind,
                "CLEARML_HOOKS_EVENT_ID": fields["event_id"],
                "CLEARML_HOOKS_MODEL_ID": fields["model_id"],

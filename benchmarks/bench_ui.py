@@ -1,7 +1,9 @@
 """Server time of the web UI: the model table over N models (two metadata columns and one metric
 column, sorted by the metric) and a model page with 10 series of 10,000 points.
 
-    python benchmarks/bench_ui.py [--models 100000] [--repeat 15] [--catalog-url URL]
+    python benchmarks/bench_ui.py [--models 100000] [--repeat 15] [--postgres]
+
+``--postgres`` runs the same on a throwaway PostgreSQL (tests/servers.py) instead of SQLite.
 
 Measured through a real uvicorn server on 127.0.0.1 (time to the last byte, median of
 ``--repeat``), plus the table query alone. The store is seeded in bulk (one transaction per
@@ -87,15 +89,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--catalog-url", default=None)
+    parser.add_argument("--postgres", action="store_true")
     args = parser.parse_args()
+    pg = None
+    if args.postgres:
+        from tests.servers import start_postgres
+
+        pg = start_postgres(Path(tempfile.mkdtemp()) / "pg")
+    try:
+        run(args, pg.url if pg else None)
+    finally:
+        if pg is not None:
+            pg.stop()
+
+
+def run(args: argparse.Namespace, catalog_url: str | None) -> None:
     from clearml_hooks.store import model_table
     from clearml_hooks.ui.serve import UiServer
 
     with tempfile.TemporaryDirectory() as home:
         settings = Settings.resolve(home=home)
-        if args.catalog_url:
-            settings.catalog_url = args.catalog_url
+        if catalog_url:
+            settings.catalog_url = catalog_url
         store = store_for(settings)
         store.wait()
         t = time.perf_counter()

@@ -50,8 +50,12 @@ def registry(tmp_path_factory):
     """Models with metadata, scalars, plots, lineage and hostile strings, made with the SDK."""
     root = tmp_path_factory.mktemp("ui-store")
     store_dir = root / "store"
-    saved = os.environ.get("CLEARML_HOOKS_HOME")
-    os.environ["CLEARML_HOOKS_HOME"] = str(store_dir)
+    env = pytest.MonkeyPatch()  # conftest's per-test isolation, for the whole module
+    for name, sub in (("HOME", "home"), ("XDG_CACHE_HOME", "home/.cache"),
+                      ("XDG_CONFIG_HOME", "home/.config"), ("MPLCONFIGDIR", "home/.mpl")):
+        env.setenv(name, str(root / sub))
+    env.setenv("CLEARML_HOOKS_HOME", str(store_dir))
+    (root / "home").mkdir()
     train = Task.init(project_name="vision", task_name="train", output_uri=str(store_dir))
     weights = root / "w.bin"
     weights.write_bytes(b"weights v1")
@@ -85,18 +89,15 @@ def registry(tmp_path_factory):
     store = train.store
     train.close()
     yield {"ids": ids, "store": store, "home": store_dir}
-    if saved is None:
-        os.environ.pop("CLEARML_HOOKS_HOME", None)
-    else:
-        os.environ["CLEARML_HOOKS_HOME"] = saved
+    env.undo()
     store.catalog.close()
     shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home():
-    """This module's store lives across tests (the module fixture): keep conftest's per-test
-    CLEARML_HOOKS_HOME from pointing the SDK elsewhere."""
+    """Replaces conftest's per-test isolation: this module's store and HOME live across its
+    tests (the ``registry`` fixture sets and restores them)."""
     yield
 
 

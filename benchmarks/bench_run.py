@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,8 +35,9 @@ FIRST_LINE = "import time; print(time.time(), flush=True)"
 
 
 def _run_prefix() -> list[str]:
-    script = shutil.which("clearml-hooks", path=os.path.dirname(sys.executable))
-    return [script] if script else [sys.executable, "-m", "clearml_hooks"]
+    """``python -m clearml_hooks``: the console script's entry point (``launch.entry``),
+    whatever an older install of the script says."""
+    return [sys.executable, "-m", "clearml_hooks"]
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:

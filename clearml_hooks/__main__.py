@@ -1,3 +1,3 @@
-from clearml_hooks.cli import main
+from clearml_hooks.launch.entry import main
 
 main()

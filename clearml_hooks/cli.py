@@ -612,8 +612,7 @@ def serve(ctx: click.Context, project, name, tag, published, endpoint, host, por
 
 # -- run --------------------------------------------------------------------------------------------
 
-@cli.command(context_settings={"allow_interspersed_args": False,
-                               "ignore_unknown_options": True})
+@cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("--project", default=None, help="Project of the task (default: default).")
 @click.option("--task-name", default=None,
               help="Task name (default: the script's name, e.g. train for train.py).")

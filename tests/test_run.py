@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from clearml_hooks.cli import cli
 from clearml_hooks.launch import env as launch_env
+from clearml_hooks.launch.entry import parse_run
 from clearml_hooks.launch.run import default_task_name, end_status
 from tests.conftest import REPO, run_script
 
@@ -282,6 +283,17 @@ def test_unknown_command_exits_127(tmp_path):
 ])
 def test_default_task_name(command, name):
     assert default_task_name(command) == name
+
+
+@pytest.mark.parametrize(("args", "parsed"), [
+    (["--project", "p", "--", "python", "x.py"], ({"project": "p"}, ["python", "x.py"])),
+    (["--task-name=n", "python", "-m", "m", "--lr", "1"],
+     ({"task_name": "n"}, ["python", "-m", "m", "--lr", "1"])),
+    (["--", "--odd-program"], ({}, ["--odd-program"])),
+    (["--help"], None), (["--bogus", "--", "x"], None), (["--project"], None), ([], None),
+])
+def test_run_fast_path_parses_plain_forms_and_leaves_the_rest_to_click(args, parsed):
+    assert parse_run(args) == parsed
 
 
 def test_end_status():

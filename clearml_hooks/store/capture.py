@@ -65,6 +65,7 @@ class Capturer:
         self._warned: set[str] = set()
         self._start_timer: threading.Timer | None = None
         self._listening = False
+        self._made_home: str | None = None
 
     # -- the task record ------------------------------------------------------------------------
 
@@ -180,10 +181,11 @@ class Capturer:
         folders: list[str] = []
         error = None
         try:
+            single = len(files) == 1
             for full, rel in files:
-                staged = self._staged_path(full, rid, rel, folders)
                 entry, payload = staging.stage_file(
-                    full, staged, inline_max=self.inline_max, min_free=self.min_free,
+                    full, self._placer(full, rid, rel, folders, single),
+                    inline_max=self.inline_max, min_free=self.min_free,
                     force_copy=full in self._clobbered)
                 entry["rel"] = rel
                 entries.append(entry)
@@ -243,23 +245,38 @@ class Capturer:
             worker.submit(record)
         return record
 
-    def _staged_path(self, full: str, rid: str, rel: str, folders: list[str]) -> str | None:
-        """Where a file is staged: under the store's staging folder when it is on the same
-        filesystem (a link is possible), else in a hidden folder beside it, else (nothing
-        writable there) the store's staging folder, where it is copied."""
-        home = os.path.join(self.store.staging_dir, rid)
-        try:
-            same = os.stat(full).st_dev == self.store.staging_device()
-        except OSError:
-            same = True
-        folder = home
-        if not same:
-            beside = os.path.dirname(full)
-            if os.access(beside, os.W_OK):
-                folder = os.path.join(beside, f".clearml-hooks-staging-{rid}")
-        if folder not in folders:
-            folders.append(folder)
-        return os.path.join(folder, rel)
+    def _placer(self, full: str, rid: str, rel: str, folders: list[str], single: bool):
+        """Where a file too big to go inline is staged: in this process's staging folder when
+        it is on the same filesystem (a link is possible; a one-file snapshot is one flat
+        entry there, no folder made per save), else in a hidden folder beside it, else (nothing
+        writable there) the staging folder, where it is copied. ``folders`` collects what to
+        remove once the snapshot is resolved."""
+
+        def place(st: os.stat_result) -> str:
+            home = self._staging_home()
+            if st.st_dev == self.store.staging_device() or not os.access(
+                    os.path.dirname(full), os.W_OK):
+                if single:
+                    path = os.path.join(home, rid)
+                    folders.append(path)
+                    return path
+                folder = os.path.join(home, rid)
+            else:
+                folder = os.path.join(os.path.dirname(full), f".clearml-hooks-staging-{rid}")
+            if folder not in folders:
+                folders.append(folder)
+            path = os.path.join(folder, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return path
+
+        return place
+
+    def _staging_home(self) -> str:
+        home = self.store.staging_dir
+        if home != self._made_home:
+            os.makedirs(home, exist_ok=True)
+            self._made_home = home
+        return home
 
     def _on_resolved(self, record: Record, outcome: str) -> None:
         if record.header.get("t") != "snap" or not self._linked:

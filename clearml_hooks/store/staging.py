@@ -23,6 +23,7 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from typing import Any
 
 FICLONE = 0x40049409  # linux/fs.h
@@ -106,11 +107,12 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def stage_file(src: str, staged: str | None, *, inline_max: int, force_copy: bool,
-               min_free: int) -> tuple[dict[str, Any], bytes]:
+def stage_file(src: str, place: Callable[[os.stat_result], str], *, inline_max: int,
+               force_copy: bool, min_free: int) -> tuple[dict[str, Any], bytes]:
     """Stage one saved file. Returns (its journal entry, inline payload or b"").
 
-    ``staged`` is where a link/reflink/copy goes (None: only inline is possible).
+    ``place(stat)`` says where a link/reflink/copy goes; it is only asked for files too big to
+    go inline (small saves never touch the staging folder).
     """
     flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)  # a FIFO never blocks us
     fd = os.open(src, flags)
@@ -123,14 +125,12 @@ def stage_file(src: str, staged: str | None, *, inline_max: int, force_copy: boo
             if len(data) != st.st_size:
                 raise NotStaged(f"{src} changed while it was read")
             return {"size": st.st_size, "how": "inline"}, data
-        if staged is None:
-            raise NotStaged(f"no staging folder for {src}")
-        free = free_bytes(os.path.dirname(os.path.dirname(staged)) or ".")
+        staged = place(st)
+        free = free_bytes(os.path.dirname(staged) or ".")
         if free is not None and free < st.st_size + min_free:
             raise NotStaged(f"only {free >> 20} MiB free on the filesystem of "
                             f"{os.path.dirname(staged)}, {st.st_size >> 20} MiB needed plus a "
                             f"reserve of {min_free >> 20} MiB (setting staging_min_free)")
-        os.makedirs(os.path.dirname(staged), exist_ok=True)
         entry: dict[str, Any] = {"size": st.st_size, "path": staged}
         if _reflink(fd, staged, st.st_dev):
             entry["how"] = "reflink"
@@ -231,6 +231,13 @@ class StagedReader:
 
 
 def remove_staging(paths: list[str]) -> None:
-    """Remove staging folders (ours only: their names are ours)."""
+    """Remove staging folders or staged files (ours only: their names are ours)."""
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        for name in (path, path + PRIVATE_SUFFIX):
+            try:
+                os.unlink(name)
+            except OSError:
+                pass

@@ -98,15 +98,15 @@ def export(task_id: str, project: str, name: str, task_type: str,
     off = os.environ.get(PROPAGATE, "").strip().lower() in ("0", "false", "no", "off")
     if off and not always:
         return
-    import json
-
     values: dict[str, str | None] = {
         TASK_ID: task_id, TASK_PID: str(os.getpid()), TASK_STARTED: repr(time.time()),
         PROJECT: project, TASK_NAME: name,
-        TASK_TYPE: task_type, OUTPUT_URI: _output_uri(output_uri),
-        FRAMEWORKS: None if auto_connect_frameworks is True
-        else json.dumps(auto_connect_frameworks, default=_jsonable),
+        TASK_TYPE: task_type, OUTPUT_URI: _output_uri(output_uri), FRAMEWORKS: None,
     }
+    if auto_connect_frameworks is not True:
+        import json  # (not on run's way to starting the command in the common case)
+
+        values[FRAMEWORKS] = json.dumps(auto_connect_frameworks, default=_jsonable)
     path = os.environ.get("PYTHONPATH", "")
     if BOOT_DIR not in path.split(os.pathsep):
         values["PYTHONPATH"] = os.pathsep.join(filter(None, (BOOT_DIR, path)))

@@ -112,7 +112,9 @@ def run_command(command: Sequence[str], *, project: str | None = None,
         from clearml_hooks.task import Task
 
         try:
-            tasks.append(Task._attach(task_id, project, task_name, "training", auto_connect,
+            # this process loads no models: hooks off here (the filter is in the children's
+            # environment), which also spares checking every framework's version
+            tasks.append(Task._attach(task_id, project, task_name, "training", False,
                                       output_uri, owner=True))
         except Exception as exc:  # the command runs anyway; say why nothing is recorded
             print(f"clearml-hooks: could not open task {task_id}: {type(exc).__name__}: {exc}",

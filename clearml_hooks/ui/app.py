@@ -174,7 +174,7 @@ def create_app(store: Store, guard: Guard) -> Any:
 
     def api_scalars(request: Request) -> Response:
         model = Model(request.path_params["model_id"], store=store)
-        samples = params._int(request.query_params.get("max_samples"), "max_samples", 0)
+        samples = params.integer(request.query_params.get("max_samples"), "max_samples", 0)
         return api(_finite({"scalars": model.get_reported_scalars(max_samples=samples),
                             "single_values": model.get_reported_single_values()}))
 
@@ -232,8 +232,8 @@ def create_app(store: Store, guard: Guard) -> Any:
 
     def task_list(request: Request) -> tuple[list[dict], bool, int, int]:
         q = request.query_params
-        limit = params._int(q.get("limit"), "limit", params.DEFAULT_LIMIT)
-        offset = params._int(q.get("offset"), "offset", 0)
+        limit = params.integer(q.get("limit"), "limit", params.DEFAULT_LIMIT)
+        offset = params.integer(q.get("offset"), "offset", 0)
         if not 1 <= limit <= model_table.MAX_LIMIT or offset < 0:
             raise TableError("limit must be 1..1000 and offset >= 0")
         rows, more = model_view.list_tasks(store.catalog, q.get("project") or None, limit, offset)

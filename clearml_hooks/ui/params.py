@@ -3,7 +3,7 @@ reproduces the view (``columns=metadata.dataset,metric.loss/val&sort=-metric.los
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,7 +19,7 @@ DEFAULT_LIMIT = 50
 WHERE_PREFIX = "where."
 
 
-def _int(value: str | None, name: str, default: int) -> int:
+def integer(value: str | None, name: str, default: int) -> int:
     if value is None or value == "":
         return default
     try:
@@ -45,8 +45,8 @@ def table_query(params: Any) -> TableQuery:
         project=params.get("project") or None, name=params.get("name") or None,
         tags=[t.strip() for v in params.getlist("tag") for t in v.split(",") if t.strip()], framework=params.get("framework") or None,
         published=params.get("published") == "1", archived=params.get("archived") == "1",
-        where=where, sort=sort, limit=_int(params.get("limit"), "limit", DEFAULT_LIMIT),
-        offset=_int(params.get("offset"), "offset", 0))
+        where=where, sort=sort, limit=integer(params.get("limit"), "limit", DEFAULT_LIMIT),
+        offset=integer(params.get("offset"), "offset", 0))
 
 
 def state(q: TableQuery) -> list[tuple[str, str]]:
@@ -88,17 +88,9 @@ def sort_href(q: TableQuery, column: str) -> str:
     return href(q, sort=new, drop=("offset",))
 
 
-def columns_href(q: TableQuery, keys: Sequence[str]) -> str:
-    return href(q, columns=",".join(keys))
-
-
 def safe_next(value: str | None, default: str = "/") -> str:
     """A same-site path to go back to after a POST (never another host)."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
     return value
 
-
-def as_mapping(form: Mapping[str, list[str]], key: str) -> str:
-    values = form.get(key) or [""]
-    return values[0]

@@ -283,7 +283,16 @@ def test_postgres_listen_notify_wakes_consumers(pg_server, tmp_path, monkeypatch
         t.join(timeout=25)
         waiter.close()
         assert woke and woke[0] - started < 1.0
-        # ids in commit order under concurrent writers, and a scheduler fed by NOTIFY
+        # a transaction holding a smaller id that commits later is never skipped: readers stop
+        # below any open writer
+        cursor = ev.last_id(catalog)
+        with writer.write() as conn:
+            small = ev.emit(conn, "metadata_changed", model_id=None)
+            later = model_ops.create_model(writer, name="later", project="p")  # commits first
+            assert ev.read_after(catalog, cursor) == []
+        got = ev.read_after(catalog, cursor)
+        assert [e.id for e in got][0] == small and got[-1].model_id == later
+        # a scheduler fed by NOTIFY, under concurrent writers
         seen: list[str] = []
         sched = TriggerScheduler(pooling_frequency_minutes=5, store=store)
         sched.add_model_trigger(schedule_function=seen.append, trigger_on_publish=True)

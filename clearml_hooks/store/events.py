@@ -1,10 +1,15 @@
 """The registry's event log: every change appends one row in the change's own transaction.
 
 Writers call ``emit(conn, kind, model_id=...)`` inside their ``catalog.write()`` block, so an
-event exists exactly when its change was committed. Ids increase in commit order: SQLite
-serializes writers (``BEGIN IMMEDIATE``) and on PostgreSQL ``emit`` takes a transaction-level
-advisory lock before the insert, so a reader that has seen id N never later finds a smaller
-id committed (a consumer's cursor is just "the last id I handled").
+event exists exactly when its change was committed. A reader that has handled id N never
+later finds a smaller id committed, so a consumer's cursor is just "the last id I handled":
+SQLite serializes writers (``BEGIN IMMEDIATE``), so ids increase in commit order. On PostgreSQL
+ids are allocated before commit, so a transaction that allocated a smaller id can commit later;
+``emit`` holds a *shared* transaction-level advisory lock (writers never wait for each other,
+and no lock-order deadlock with row locks is possible), and a reader reads only up to a
+horizon taken while it holds the same lock *exclusively* for an instant
+(``pg_try_advisory_xact_lock``, never waiting): at that instant no transaction that allocated
+an event id is still open, so every id up to the horizon is final.
 
 Readers: ``read_after(catalog, cursor)``; named consumers keep a durable cursor
 (``get_cursor`` / ``set_cursor``); ``Waiter`` sleeps until the log may have grown
@@ -77,7 +82,18 @@ class Event:
 
 def _order_writers(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _PG_LOCK_KEY})
+
+
+def _horizon(conn: Connection) -> int | None:
+    """PostgreSQL: the highest id below which every event is final, or None when a writer
+    that may hold a smaller id is still open (try again after its commit's NOTIFY)."""
+    if not conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar():
+        conn.rollback()
+        return None
+    top = conn.execute(select(func.max(s.events.c.id))).scalar()
+    conn.rollback()  # releases the lock at once
+    return int(top or 0)
 
 
 def _model_fields(conn: Connection, model_id: str) -> dict[str, Any]:
@@ -164,7 +180,14 @@ def _event(row: Any) -> Event:
 
 
 def last_id(catalog: SqlCatalog) -> int:
+    """The newest event's id (on PostgreSQL: the newest final one)."""
     with catalog.read() as conn:
+        if conn.dialect.name == "postgresql":
+            for _ in range(200):
+                top = _horizon(conn)
+                if top is not None:
+                    return top
+                time.sleep(0.01)
         return int(conn.execute(select(func.max(s.events.c.id))).scalar() or 0)
 
 
@@ -174,6 +197,11 @@ def read_after(catalog: SqlCatalog, cursor: int, limit: int = 500,
     if kinds is not None:
         q = q.where(s.events.c.kind.in_(list(kinds)))
     with catalog.read() as conn:
+        if conn.dialect.name == "postgresql":
+            top = _horizon(conn)
+            if top is None or top <= cursor:
+                return []
+            q = q.where(s.events.c.id <= top)
         return [_event(r) for r in conn.execute(q)]
 
 

@@ -9,7 +9,7 @@
 - requests per second: single-row inference on a small scikit-learn model (keep-alive
   connections, N client threads in this process).
 
-    python benchmarks/bench_events.py [--n 40] [--skip-pg] [--seconds 5] [--clients 4]
+    python benchmarks/bench_events.py [--n 40] [--skip-pg] [--skip-serve] [--seconds 5] [--clients 4]
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", type=int, default=4)
     args = ap.parse_args()
@@ -189,8 +190,9 @@ def main() -> None:
             finally:
                 os.environ.pop("CLEARML_HOOKS_CATALOG_URL", None)
                 pg.stop()
-        results["serve"] = serve_figures(tmp, args.seconds, args.clients)
-        print("serve:", json.dumps(results["serve"]), flush=True)
+        if not args.skip_serve:
+            results["serve"] = serve_figures(tmp, args.seconds, args.clients)
+            print("serve:", json.dumps(results["serve"]), flush=True)
     results["load_average_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))
 

@@ -264,5 +264,6 @@ def register_import(catalog: SqlCatalog, *, task_id: str, path: str, kind: str, 
             for rel, sha, size in hashed])
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(
             latest_snapshot_id=snapshot_id))
+        events.emit(conn, "registered", model_id=model_id, origin="imported")
     catalog.link_model(task_id, model_id, "input", snapshot_id=snapshot_id)
     return model_id

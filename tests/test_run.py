@@ -64,7 +64,7 @@ def _env(store: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(store: Path, *args: str, cwd: Path, env: dict | None = None,
-         timeout: float = 120) -> subprocess.CompletedProcess:
+         timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clearml_hooks", "run", *args],
                           env=env or _env(store), cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
@@ -102,12 +102,16 @@ def _free_port() -> int:
 def test_unchanged_script_and_its_python_children_join_one_task_filtered(tmp_path):
     store = tmp_path / "store"
     _script(tmp_path / "child.py", """
-        import os, torch
+        import os
         from clearml_hooks import Task
-        task = Task.init(project_name="its-own", task_name="its-own")  # joins, no second task
+        # joins the run's task (no second one), with its own filter (Task.init > environment)
+        task = Task.init(project_name="its-own", task_name="its-own",
+                         auto_connect_frameworks={"pytorch": "mine*.pt"})
         assert task.id == os.environ["CLEARML_HOOKS_TASK_ID"], task.id
         assert task.attached  # it reports no end status of its own: the run does
+        import torch  # joining again on this first framework import changes nothing
         torch.save({"w": 2}, "final_child.pt")
+        torch.save({"w": 3}, "mine_child.pt")
     """)
     script = _script(tmp_path / "train.py", """
         import subprocess, sys, torch
@@ -122,7 +126,7 @@ def test_unchanged_script_and_its_python_children_join_one_task_filtered(tmp_pat
     assert out.stdout == "trained\n"  # the program's output, untouched
     task = _one_task(store)
     assert (task["project"], task["name"], task["status"]) == ("vision", "train", "completed")
-    assert _outputs(store, task["id"]) == ["final_child.pt", "final_model.pt"]
+    assert _outputs(store, task["id"]) == ["final_model.pt", "mine_child.pt"]
 
 
 def test_exit_status_passes_through_and_an_existing_sitecustomize_still_runs(tmp_path):
@@ -174,7 +178,7 @@ def test_torchrun_two_ranks_one_task_rank_zero_only(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     out = _run(store, "--", *launcher, "--standalone", "--nproc_per_node=2", str(script),
-               cwd=tmp_path, timeout=180)
+               cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "rank0.pt").exists() and (tmp_path / "rank1.pt").exists()
     task = _one_task(store)
@@ -202,7 +206,7 @@ def test_task_init_then_torch_multiprocessing_spawn_captures_rank_zero(tmp_path)
             mp.spawn(worker, nprocs=2)
             print(task.id)
     """)
-    out = run_script(script, cwd=tmp_path, env=_env(store), timeout=180)
+    out = run_script(script, cwd=tmp_path, env=_env(store), timeout=300)
     assert out.returncode == 0, out.stderr
     task = _one_task(store)
     assert task["id"] == out.stdout.split()[-1] and task["status"] == "completed"
@@ -229,7 +233,7 @@ def test_multiprocessing_forkserver_children_join_forked_ones_do_not(tmp_path):
                 assert p.exitcode == 0, method
             print(task.id)
     """)
-    out = run_script(script, cwd=tmp_path, env=_env(store), timeout=180)
+    out = run_script(script, cwd=tmp_path, env=_env(store), timeout=300)
     assert out.returncode == 0, out.stderr
     task = _one_task(store)
     assert task["id"] == out.stdout.split()[-1]

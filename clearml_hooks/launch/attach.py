@@ -1,4 +1,4 @@
-"""Join the task named by the environment, from the boot ``sitecustomize``: never raises."""
+"""Join the task named by the environment, from the boot ``sitecustomize``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ def attach_from_env() -> None:
             return
         from clearml_hooks.task import Task
 
-        Task._attach(**joined)
+        if Task.current_task() is None:  # else the script's own Task.init came first: its
+            Task._attach(**joined)  # auto_connect_frameworks stays as it chose
     except Exception:
         from clearml_hooks.hooks import contract
 

@@ -1,8 +1,9 @@
 """``clearml-hooks run -- CMD ...``: run any command with capture on, without editing it.
 
-This process owns the task: ``Task.init`` registers it and names it in the environment
-(``launch.env``), which the command and every Python process it starts inherit, so they join
-it through the boot ``sitecustomize``. The command's stdin, stdout and stderr are this
+This process owns the task: it names the task in the environment (``launch.env``), which
+the command and every Python process it starts inherit, so that they join it through the boot
+``sitecustomize``; then it registers the task and, at the end, its status (``Task._attach``
+with ``owner``). The command's stdin, stdout and stderr are this
 process's own. Signals sent to this process are passed on to the command, and this process
 ends the way the command ended: the same exit status, or killed by the same signal.
 """

@@ -131,3 +131,32 @@ def test_serve_requires_a_selector(tmp_path, monkeypatch):
         proc.wait_line("exactly one of --tag T or --published", timeout=30)
     finally:
         proc.stop()
+
+
+def test_follower_serves_the_newest_published_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(tmp_path / "home"))
+    one, two = _linear(tmp_path, 1.0), _linear(tmp_path, 3.0)
+    from clearml_hooks import Model, OutputModel, Task
+    from clearml_hooks.models import default_store
+    from clearml_hooks.serve import Follower
+
+    task = Task.init(project_name="pub", task_name="train", auto_connect_frameworks=False)
+    try:
+        ids = []
+        for path in (one, two):
+            om = OutputModel(task=task, name="reg", framework="ScikitLearn")
+            om.update_weights(str(path), async_enable=False)
+            ids.append(om.id)
+        lines: list[str] = []
+        follower = Follower(default_store(), project="pub", name="reg", published=True,
+                            echo=lines.append)
+        assert follower.refresh() is False and follower.current is None  # none published
+        Model(ids[0]).publish()
+        assert follower.refresh() is True and follower.current.model_id == ids[0]
+        Model(ids[1]).publish()
+        assert follower.refresh() is True and follower.current.model_id == ids[1]
+        assert follower.current.predict(np.array([[2.0]]))[0] == pytest.approx(6.0)
+        assert follower.refresh() is False  # unchanged: nothing reloaded
+        assert len(follower.swaps) == 2 and all("serving model" in ln for ln in lines)
+    finally:
+        task.close()

@@ -31,7 +31,8 @@ class CaptureSink(Protocol):
 
     def before_save(self, path: str) -> None: ...
 
-    def saved(self, hook: Hook, location: Location, framework: str) -> None: ...
+    def saved(self, hook: Hook, location: Location, framework: str, *,
+              through_handle: bool = False) -> None: ...
 
     def loaded(self, hook: Hook, location: Location, framework: str) -> None: ...
 
@@ -129,7 +130,9 @@ class Hook:
             framework = fw(done) if callable(fw) else fw
         framework = framework or self.binding.framework
         if self.target.side == "save":
-            sink.saved(self, location, framework)
+            # a save through a file object the user opened: the next one truncates the file
+            # before any hook runs, so the sink must not share the inode (see store.staging)
+            sink.saved(self, location, framework, through_handle=fileobj is not None)
         else:
             sink.loaded(self, location, framework)
 

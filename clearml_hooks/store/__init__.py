@@ -94,7 +94,7 @@ class Store:
                 from clearml_hooks.store.journal import Journal
                 from clearml_hooks.store.owner import current_owner
 
-                self._journal = Journal(self.journal_root, current_owner(),
+                self._journal = Journal(self.journal_roots, current_owner(),
                                         fsync=self.settings.journal_fsync)
                 import atexit
 
@@ -122,6 +122,17 @@ class Store:
                 self._worker = Worker(self, journal)
                 self._worker.job_timeout = self.settings.job_timeout
             return self._worker
+
+    @property
+    def journal_roots(self) -> list[str]:
+        """Where journals live: the store's folder, then a fallback on another disk (the
+        user's state folder) for when the store's disk is full or read-only."""
+        import hashlib
+
+        key = hashlib.sha256(os.path.abspath(self.home).encode()).hexdigest()[:16]
+        state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local", "state")
+        return [self.journal_root, os.path.join(state, "clearml-hooks", "journal", key)]
 
     @property
     def staging_dir(self) -> str:

@@ -59,7 +59,9 @@ class Capturer:
         self._task_rid: str | None = None
         self._journal_pid: int | None = None
         self._linked: dict[str, list[dict[str, Any]]] = {}  # user's path -> pending link entries
-        self._clobbered: set[str] = set()  # paths written in place behind a pending link
+        # paths copied, never linked: written in place behind a pending link before, or saved
+        # through a file object (whose next open(p, "wb") truncates before any hook runs)
+        self._clobbered: set[str] = set()
         self._seen_loads: set[tuple] = set()
         self._lock = threading.Lock()
         self._warned: set[str] = set()
@@ -90,8 +92,14 @@ class Capturer:
     def _journal_task(self) -> None:
         if self._task_header is None or self._journal_pid == os.getpid():
             return
+        try:
+            record = self.store.journal.append(dict(self._task_header, rid=new_id()))
+        except OSError as exc:  # tried again with the next record
+            self._warn_once("journal", "clearml-hooks: cannot write the capture journal (%s); "
+                            "saves are not captured until there is room. Your saves are not "
+                            "affected.", exc)
+            return
         self._journal_pid = os.getpid()
-        record = self.store.journal.append(dict(self._task_header, rid=new_id()))
         self._task_rid = record.rid
         if not self.offline:
             self.store.worker.submit(record, start=False)
@@ -114,8 +122,11 @@ class Capturer:
         if self._task_header is None:
             return None
         self._journal_task()
-        record = self.store.journal.append({"t": "status", "rid": new_id(), "task": self.task_id,
-                                            "status": status})
+        try:
+            record = self.store.journal.append({"t": "status", "rid": new_id(),
+                                                "task": self.task_id, "status": status})
+        except OSError:
+            return None
         if not self.offline:
             self.store.worker.submit(record, start=False)
         return record
@@ -156,7 +167,8 @@ class Capturer:
                         "that snapshot fails instead of storing other bytes, and later saves of "
                         "this path are copied", user_path)
 
-    def saved(self, hook: Hook | None, location: Location, framework: str) -> None:
+    def saved(self, hook: Hook | None, location: Location, framework: str, *,
+              through_handle: bool = False) -> None:
         files = location_files(location)
         if not files:
             self.stats["skipped_nothing_written"] += 1
@@ -164,13 +176,15 @@ class Capturer:
         source = os.path.abspath(location.path)
         iteration = location.iteration if location.iteration is not None else self.iteration
         name = os.path.basename(source.rstrip(os.sep)) or source
+        if through_handle:
+            self._clobbered.update(full for full, _rel in files)  # copied, never linked
         self.journal_snapshot(files, source=source, kind=location.kind, name=name,
                               framework=framework, iteration=iteration)
 
     def journal_snapshot(self, files: list[tuple[str, str]], *, source: str, kind: str,
                          name: str, framework: str | None, iteration: int | None,
                          model_id: str | None = None, dest: str | None = None,
-                         is_package: bool | None = None, strict: bool = False) -> Record:
+                         is_package: bool | None = None, strict: bool = False) -> Record | None:
         """Stage ``files`` and journal one snapshot of them. The snapshot is durable and its
         bytes fixed when this returns. ``strict`` (update_weights): refuse what cannot be
         staged instead of journaling a failed snapshot."""
@@ -226,6 +240,15 @@ class Capturer:
             header["error"] = error
         try:
             record = self.store.journal.append(header, b"".join(payloads))
+        except OSError as exc:  # no disk takes even the journal: say so, never fail the save
+            staging.remove_staging(folders)
+            if strict:
+                raise ValueError(f"cannot journal the weights: {exc}") from exc
+            self.stats["not_journaled"] += 1
+            self._warn_once("journal", "clearml-hooks: cannot write the capture journal (%s); "
+                            "saves are not captured until there is room. Your saves are not "
+                            "affected.", exc)
+            return None
         except BaseException:
             staging.remove_staging(folders)
             raise
@@ -306,7 +329,11 @@ class Capturer:
                   "kind": location.kind, "files": [os.path.abspath(p) for p in location.files],
                   "fw": framework, "name": os.path.basename(path.rstrip(os.sep)),
                   "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        record = self.store.journal.append(header)
+        try:
+            record = self.store.journal.append(header)
+        except OSError:
+            self.stats["not_journaled"] += 1
+            return
         if not self.offline:
             self.store.worker.submit(record)
 

@@ -179,6 +179,11 @@ def fail_in(conn: Connection, snapshot_id: str, error: str) -> bool:
     return result.rowcount == 1
 
 
+def state_in(conn: Connection, snapshot_id: str) -> str | None:
+    return conn.execute(select(s.snapshots.c.state).where(
+        s.snapshots.c.id == snapshot_id)).scalar()
+
+
 def snapshot_state(catalog: SqlCatalog, snapshot_id: str) -> str | None:
     with catalog.read() as conn:
         return conn.execute(select(s.snapshots.c.state).where(

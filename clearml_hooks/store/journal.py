@@ -67,14 +67,20 @@ def new_id() -> str:
 class Journal:
     """This process's journal. Appends come from the training thread and the worker."""
 
-    def __init__(self, root: str, owner: str, *, fsync: bool = False) -> None:
-        self.root = root
+    def __init__(self, root: str | list[str], owner: str, *, fsync: bool = False) -> None:
+        # the store's journal folder first; if its disk is full or read-only, the fallback
+        # (on another disk, see ``Store.journal_roots``), so a save is still journaled
+        self.roots = [root] if isinstance(root, str) else list(root)
+        self._root_index = 0
+        self.root = self.roots[0]
         self.owner = owner
-        self.dir = os.path.join(root, owner)
+        self.dir = os.path.join(self.root, owner)
         self.fsync = fsync
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        self._other_locks: list[int] = []  # locks of folders left for a fallback root
+        self._dirs: list[str] = []
         self._offset = 0
         self._segments: list[_Segment] = []
         self._pid = os.getpid()
@@ -88,8 +94,36 @@ class Journal:
     # -- writing --------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        if self._lock_fd is None:
-            self._lock_fd = self._create_locked_dir()
+        while True:
+            try:
+                if self._lock_fd is None:
+                    self._lock_fd = self._create_locked_dir()
+                    self._dirs.append(self.dir)
+                self._open_segment()
+                return
+            except OSError:
+                if not self._next_root():
+                    raise
+
+    def _next_root(self) -> bool:
+        """Move on to the next root (its disk is full, read-only, ...). False at the last."""
+        if self._root_index + 1 >= len(self.roots):
+            return False
+        if self._lock_fd is not None:
+            self._other_locks.append(self._lock_fd)  # keep it: records there are ours
+            self._lock_fd = None
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        self._root_index += 1
+        self.root = self.roots[self._root_index]
+        self.dir = os.path.join(self.root, os.path.basename(self.dir))
+        return True
+
+    def _open_segment(self) -> None:
         number = len(self._segments) + 1
         path = os.path.join(self.dir, f"{number:06d}.log")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -129,16 +163,12 @@ class Journal:
             assert self._fd is not None
             data = line + payload if payload else line
             try:
-                written = os.write(self._fd, data)
-                while written < len(data):  # a short write (signal, nearly full disk)
-                    written += os.write(self._fd, data[written:])
-            except BaseException:
-                # never leave a torn record in the middle: later records would be unreadable
-                try:
-                    os.ftruncate(self._fd, self._offset)
-                except OSError:
-                    pass
-                raise
+                self._write(data)
+            except OSError:
+                if not self._next_root():  # this disk is full: go on on the next one
+                    raise
+                self._open()
+                self._write(data)
             if self.fsync:
                 os.fsync(self._fd)
             segment = self._segments[-1]
@@ -147,6 +177,20 @@ class Journal:
             if header["t"] in WORK:
                 segment.outstanding.add(header["rid"])
             return record
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # a short write (signal, nearly full disk)
+                written += os.write(self._fd, data[written:])
+        except BaseException:
+            # never leave a torn record in the middle: later records would be unreadable
+            try:
+                os.ftruncate(self._fd, self._offset)
+            except OSError:
+                pass
+            raise
 
     def mark_done(self, rid: str) -> None:
         """The record ``rid`` is resolved (stored, failed with its reason, or ingested)."""
@@ -172,30 +216,38 @@ class Journal:
         """Close the files; remove the journal when nothing in it is outstanding."""
         with self._lock:
             done = not any(s.outstanding for s in self._segments)
-            for fd in (self._fd, self._lock_fd):
+            for fd in (self._fd, self._lock_fd, *self._other_locks):
                 if fd is not None:
                     try:
                         os.close(fd)
                     except OSError:
                         pass
             self._fd = self._lock_fd = None
+            self._other_locks = []
             segments, self._segments = self._segments, []
-            old_dir = self.dir
+            dirs, self._dirs = self._dirs, []
             self._generation += 1
+            self._root_index = 0
+            self.root = self.roots[0]
             self.dir = os.path.join(self.root, f"{self.owner}.{self._generation}")
         if done and remove_if_done and segments:
-            remove_journal_dir(old_dir)
+            for path in dirs:
+                remove_journal_dir(path)
         return done
 
     def _after_fork(self) -> None:
         """A forked child writes its own journal: the parent's lock stays the parent's."""
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._lock_fd, *self._other_locks):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         self._fd = self._lock_fd = None
+        self._other_locks = []
+        self._dirs = []
+        self._root_index = 0
+        self.root = self.roots[0]
         self._segments = []
         self._offset = 0
         self._pid = os.getpid()
@@ -231,8 +283,10 @@ def read_records(journal_dir: str) -> tuple[list[Record], set[str]]:
             try:
                 header = json.loads(data[pos:end])
                 length = int(header.get("n", 0))
+                if length < 0 or not isinstance(header.get("t"), str):
+                    raise ValueError("not a record")
             except (ValueError, TypeError, AttributeError):
-                break
+                break  # damaged from here on: what came before is still read
             if end + 1 + length > len(data):
                 break  # torn payload
             if header.get("t") == "done":
@@ -263,6 +317,11 @@ def journal_dirs(root: str) -> Iterator[str]:
             yield path
 
 
+def all_journal_dirs(roots: str | list[str]) -> Iterator[str]:
+    for root in [roots] if isinstance(roots, str) else roots:
+        yield from journal_dirs(root)
+
+
 def try_lock(journal_dir: str) -> int | None:
     """Lock a journal (its owner is gone); the fd to keep while finishing it, or None."""
     try:  # no O_CREAT: a journal folder always has its lock file (see _create_locked_dir)
@@ -287,10 +346,10 @@ def is_alive(journal_dir: str) -> bool:
     return False
 
 
-def describe(root: str) -> list[JournalInfo]:
-    """Every journal under ``root`` with its unresolved records (``clearml-hooks status``)."""
+def describe(roots: str | list[str]) -> list[JournalInfo]:
+    """Every journal under the roots with its unresolved records (``clearml-hooks status``)."""
     out = []
-    for path in journal_dirs(root):
+    for path in all_journal_dirs(roots):
         records, done = read_records(path)
         pending = [r for r in records if r.header.get("t") in WORK and r.rid not in done]
         size = 0

@@ -133,11 +133,12 @@ class Processor:
             with catalog.write() as conn:
                 for rid, result in finished:
                     if isinstance(result, str):
-                        ingest.fail_in(conn, rid, result)
-                        outcomes[rid] = "failed"
+                        changed = ingest.fail_in(conn, rid, result)
                     else:
-                        ingest.complete_in(conn, rid, **result)
-                        outcomes[rid] = "ready"
+                        changed = ingest.complete_in(conn, rid, **result)
+                    # another processor (sync --force) may have finished it first
+                    outcomes[rid] = ("failed" if isinstance(result, str) else "ready") \
+                        if changed else (ingest.state_in(conn, rid) or "gone")
         for record, _row in snaps:
             remove_staging(record.header.get("staging") or [])
         for record in loads:  # after the snapshots: a load of a file just saved finds it
@@ -180,7 +181,6 @@ class Processor:
         h = record.header
         catalog = self.store.catalog
         blobs = self._blobs(h.get("dest"))
-        local_root = getattr(blobs, "root", None) if hasattr(blobs, "path_for") else None
         stored: list[tuple[str, str, int]] = []
         offset = 0
         inline_shas = iter(h.get("_inline_shas") or [])
@@ -205,14 +205,12 @@ class Processor:
                                     + reader.changed_reason())
             ingest.pin_blob(catalog, sha, h["rid"])
             if not blobs.exists(sha):
-                if local_root is not None and f["how"] in ("copy", "reflink"):
-                    _adopt_private(blobs, src.name, sha)  # ours alone: moved in, not copied
-                else:
-                    with reader.open() as src:
-                        got, _ = blobs.store_stream(src)
-                        reader.check(src)
-                    if got != sha:
-                        raise SourceChanged(f"{rel}: {reader.changed_reason()}")
+                # copied, never moved: `sync --force` may be reading the same staged file
+                with reader.open() as src:
+                    got, _ = blobs.store_stream(src)
+                    reader.check(src)
+                if got != sha:
+                    raise SourceChanged(f"{rel}: {reader.changed_reason()}")
             stored.append((rel, sha, size))
         if h["kind"] == "file" and len(stored) == 1:
             digest = stored[0][1]
@@ -252,17 +250,6 @@ class Processor:
             return
         ingest.register_import(catalog, task_id=h["task"], path=h["path"], kind=h["kind"],
                                framework=h["fw"], name=h["name"], digest=digest, hashed=hashed)
-
-
-def _adopt_private(blobs, path: str, sha: str) -> None:
-    """Move a private staged copy into the local blob store (same filesystem: a rename)."""
-    dest = blobs.path_for(sha)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    try:
-        os.replace(path, dest)
-    except OSError:
-        with open(path, "rb") as f:
-            blobs.store_stream(f)
 
 
 def _walk(path: str, kind: str) -> list[tuple[str, str]]:
@@ -566,7 +553,7 @@ def recover(store: Store, *, force: bool = False, own: str | None = None,
     catalog so they show, and leave storing the bytes to ``sync`` or the next run.
     """
     from clearml_hooks.store.journal import (
-        journal_dirs,
+        all_journal_dirs,
         read_records,
         remove_journal_dir,
         try_lock,
@@ -574,8 +561,7 @@ def recover(store: Store, *, force: bool = False, own: str | None = None,
     from clearml_hooks.store.staging import remove_staging
 
     result = RecoveryResult()
-    root = os.path.join(store.home, "journal")
-    for path in journal_dirs(root):
+    for path in all_journal_dirs(store.journal_roots):
         owner = os.path.basename(path)
         if owner == own:
             continue
@@ -620,7 +606,8 @@ def recover(store: Store, *, force: bool = False, own: str | None = None,
             if fd is not None:
                 os.close(fd)
     _remove_orphan_staging(store, own)
-    _remove_unborn_journals(root)
+    for root in store.journal_roots:
+        _remove_unborn_journals(root)
     sweep = None if rows_only else getattr(store.blobs, "sweep_incoming", None)
     if sweep is not None:
         try:
@@ -661,10 +648,11 @@ def _remove_orphan_staging(store: Store, own: str | None) -> None:
     except OSError:
         return
     journals = set()
-    try:
-        journals = set(os.listdir(os.path.join(store.home, "journal")))
-    except OSError:
-        pass
+    for root in store.journal_roots:
+        try:
+            journals |= set(os.listdir(root))
+        except OSError:
+            pass
     for name in names:
         if name == own or name in journals:
             continue

@@ -96,10 +96,6 @@ STORE_FULL = """
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: with the store's disk full, Task.init raises OSError(ENOSPC) into the user's script: "
-    "Capturer.start() -> _journal_task() -> Journal.append (task.py:137, capture.py:94, "
-    "journal.py:128) is not guarded; clause 2 (nothing the agent does raises into user code)"))
 def test_store_on_full_tmpfs_checkpoints_elsewhere(z, tmp_path, tmpfs):
     home = tmpfs / "store"
     work = tmp_path / "work"

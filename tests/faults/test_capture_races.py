@@ -38,12 +38,6 @@ LIVE = """
 """
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "bug (racy, so not strict): sync --force and the live worker both process a 'copy'-staged "
-    "snapshot (a path written in place before); one moves the staged copy into the blob store "
-    "(worker._adopt_private, os.replace) before its complete_snapshot commits, the other then "
-    "opens the staged path, gets 'the staged file ... is missing' (StagedReader.open -> "
-    "SourceChanged) and fail_snapshot() flips the still-pending snapshot to failed"))
 def test_sync_force_racing_a_live_run(z, tmp_path):
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()

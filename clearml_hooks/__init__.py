@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Task", "Model", "InputModel", "OutputModel", "Logger", "__version__"]
+__all__ = ["Task", "Model", "InputModel", "OutputModel", "Logger", "StorageManager", "__version__"]
 
 _LAZY = {
     "Task": "clearml_hooks.task",
@@ -17,11 +17,13 @@ _LAZY = {
     "InputModel": "clearml_hooks.models",
     "OutputModel": "clearml_hooks.models",
     "Logger": "clearml_hooks.logger",
+    "StorageManager": "clearml_hooks.storage_manager",
 }
 
 if TYPE_CHECKING:
     from clearml_hooks.logger import Logger
     from clearml_hooks.models import InputModel, Model, OutputModel
+    from clearml_hooks.storage_manager import StorageManager
     from clearml_hooks.task import Task
 
 

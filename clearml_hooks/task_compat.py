@@ -100,3 +100,35 @@ class TaskCompatMixin:
     @staticmethod
     def add_requirements(package_name: str, package_version: str | None = None) -> None:
         log.debug("clearml-hooks: Task.add_requirements(%r) ignored", package_name)
+
+    def get_registered_artifacts(self) -> dict[str, Any]:
+        """Always empty: artifacts are not recorded."""
+        return {}
+
+    def set_packages(self, packages: str | Sequence[str] | None) -> None:
+        self._note("set_packages")
+
+    @staticmethod
+    def running_locally() -> bool:
+        """True: there is no remote agent, every run is local."""
+        return True
+
+    def get_status(self) -> str:
+        """The task's status in the catalog (``in_progress``, ``completed``, ``failed``, ...)."""
+        if getattr(self, "inert", False):
+            return "completed" if getattr(self, "closed", False) else "in_progress"
+        self.wait_registered()  # type: ignore[attr-defined]
+        row = self.store.catalog.get_task(self.id)  # type: ignore[attr-defined]
+        return row["status"] if row else "in_progress"
+
+    @classmethod
+    def query_tasks(cls, project_name: str | None = None, task_name: str | None = None,
+                    tags: Sequence[str] | None = None, additional_return_fields: Any = None,
+                    task_filter: Any = None) -> list[str]:
+        """Ids of the tasks that match, newest first. ``task_name`` is a regular expression
+        searched in the name (as in ClearML); ``tags`` match any of them, ``-tag`` excludes."""
+        from clearml_hooks.models import default_store
+
+        if isinstance(tags, str):
+            tags = [tags]
+        return default_store().catalog.query_task_ids(project_name, task_name, tags)

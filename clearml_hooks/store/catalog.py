@@ -205,6 +205,32 @@ class SqlCatalog:
         with self.read() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
+    def query_task_ids(self, project: str | None = None, name_pattern: str | None = None,
+                       tags: Sequence[str] | None = None) -> list[str]:
+        """Ids of tasks, newest first (ClearML's ``Task.query_tasks``): ``name_pattern`` is a
+        regular expression searched in the name; ``tags`` match any, ``-tag`` excludes."""
+        import re
+
+        q = (select(s.tasks.c.id, s.tasks.c.name, s.tasks.c.tags)
+             .join(s.projects, s.projects.c.id == s.tasks.c.project_id)
+             .order_by(s.tasks.c.created.desc(), s.tasks.c.id.desc()))
+        if project is not None:
+            q = q.where(s.projects.c.name == project)
+        pattern = re.compile(name_pattern) if name_pattern else None
+        wanted = [t for t in tags or () if not t.startswith("-")]
+        excluded = {t[1:] for t in tags or () if t.startswith("-")}
+        with self.read() as conn:
+            rows = conn.execute(q).all()
+        ids = []
+        for task_id, name, tags_json in rows:
+            if pattern is not None and not pattern.search(name):
+                continue
+            have = set(json.loads(tags_json or "[]"))
+            if (wanted and not have.intersection(wanted)) or have & excluded:
+                continue
+            ids.append(task_id)
+        return ids
+
     # -- snapshots (written by store.ingest) ------------------------------------------------------
 
     def snapshot(self, snapshot_id: str) -> dict | None:

@@ -1,0 +1,1 @@
+"""Where ClearML keeps helpers that training scripts import (``clearml.utilities``)."""

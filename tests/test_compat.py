@@ -1,0 +1,162 @@
+"""ClearML names that training scripts import, and bad input the API must refuse cleanly."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+
+import pytest
+
+from clearml_hooks import Task
+
+# -- StorageManager ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A real HTTP server on 127.0.0.1 (port 0) serving a folder; stopped after the test."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_storage_manager_is_exported():
+    import clearml_hooks
+    from clearml_hooks import StorageManager
+    from clearml_hooks.storage_manager import StorageManager as direct
+
+    assert StorageManager is direct is clearml_hooks.StorageManager
+
+
+def test_get_local_copy_of_local_path_and_file_url(tmp_path):
+    from clearml_hooks import StorageManager
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc")
+    assert StorageManager.get_local_copy(str(f)) == str(f)
+    assert StorageManager.get_local_copy("file://" + str(f)) == str(f)
+    assert StorageManager.get_local_copy(str(tmp_path / "missing")) is None
+
+
+def test_get_local_copy_over_http_downloads_once(http_folder):
+    from clearml_hooks import StorageManager
+
+    root, base = http_folder
+    (root / "weights.pt").write_bytes(b"x" * 100_000)
+    path = StorageManager.get_local_copy(base + "/weights.pt")
+    assert path is not None and path.endswith("weights.pt")
+    with open(path, "rb") as fh:
+        assert fh.read() == b"x" * 100_000
+    (root / "weights.pt").write_bytes(b"new")
+    assert StorageManager.get_local_copy(base + "/weights.pt") == path  # cached
+    with open(path, "rb") as fh:
+        assert fh.read() == b"x" * 100_000
+    forced = StorageManager.get_local_copy(base + "/weights.pt", force_download=True)
+    with open(forced, "rb") as fh:
+        assert fh.read() == b"new"
+    assert StorageManager.get_local_copy(base + "/nope.pt") is None
+
+
+def test_get_local_copy_over_http_extracts_archive(http_folder, tmp_path):
+    import zipfile
+
+    from clearml_hooks import StorageManager
+
+    root, base = http_folder
+    with zipfile.ZipFile(root / "data.zip", "w") as zf:
+        zf.writestr("inner/a.txt", "hello")
+    folder = StorageManager.get_local_copy(base + "/data.zip")
+    with open(f"{folder}/inner/a.txt") as fh:
+        assert fh.read() == "hello"
+    raw = StorageManager.get_local_copy(base + "/data.zip", extract_archive=False)
+    assert zipfile.is_zipfile(raw)
+
+
+def test_upload_file_to_folder_and_fsspec_url(tmp_path):
+    import fsspec
+
+    from clearml_hooks import StorageManager
+
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights")
+    dest = tmp_path / "out" / "sub" / "m.bin"
+    assert StorageManager.upload_file(str(src), str(dest)) == str(dest)
+    assert dest.read_bytes() == b"weights"
+    url = StorageManager.upload_file(str(src), "file://" + str(tmp_path / "out2") + "/")
+    assert (tmp_path / "out2" / "model.bin").read_bytes() == b"weights"
+    assert url.endswith("/model.bin")
+    StorageManager.upload_file(str(src), "memory://compat-test/deep/m.bin")
+    assert fsspec.filesystem("memory").cat_file("/compat-test/deep/m.bin") == b"weights"
+    with pytest.raises(ValueError):
+        StorageManager.upload_file(str(tmp_path / "missing"), str(dest))
+
+
+def test_download_folder(tmp_path):
+    from clearml_hooks import StorageManager
+
+    remote = tmp_path / "remote"
+    (remote / "a" / "b").mkdir(parents=True)
+    (remote / "top.txt").write_text("1")
+    (remote / "a" / "b" / "deep.txt").write_text("2")
+    out = StorageManager.download_folder(str(remote), str(tmp_path / "local"))
+    assert out == str(tmp_path / "local")
+    assert (tmp_path / "local" / "top.txt").read_text() == "1"
+    assert (tmp_path / "local" / "a" / "b" / "deep.txt").read_text() == "2"
+    only = StorageManager.download_folder("file://" + str(remote), str(tmp_path / "only"),
+                                          match_wildcard="*.txt")
+    assert only and (tmp_path / "only" / "top.txt").exists()
+
+
+# -- SeriesInfo, Task surface ---------------------------------------------------------------------
+
+
+def test_series_info_import_path():
+    from clearml_hooks.model_reporting import SeriesInfo as ours
+    from clearml_hooks.utilities.plotly_reporter import SeriesInfo
+
+    info = SeriesInfo("train", [(0, 1.0), (1, 0.5)])
+    assert SeriesInfo is ours
+    assert (info.name, info.data, info.labels) == ("train", [(0, 1.0), (1, 0.5)], None)
+    assert SeriesInfo(name="v", data=[], labels=["a"]).labels == ["a"]
+
+
+def test_task_compat_methods():
+    task = Task.init(project_name="compat", task_name="surface")
+    try:
+        assert task.get_registered_artifacts() == {}
+        assert task.set_packages(["torch==2.0"]) is None
+        assert task.set_packages("requirements.txt") is None
+        assert Task.running_locally() is True and task.running_locally() is True
+        assert task.get_status() == "in_progress"
+    finally:
+        task.close()
+    assert task.get_status() == "completed"
+
+
+def test_query_tasks_newest_first_with_filters():
+    ids = []
+    for project, name, tags in [("qa", "train-small", ["a"]), ("qa", "train-big", ["b"]),
+                                ("other", "eval", ["a", "b"])]:
+        task = Task.init(project_name=project, task_name=name, tags=tags)
+        task.wait_registered()
+        ids.append(task.id)
+        task.close()
+    small, big, ev = ids
+    assert Task.query_tasks() == [ev, big, small]
+    assert Task.query_tasks(project_name="qa") == [big, small]
+    assert Task.query_tasks(task_name="train") == [big, small]
+    assert Task.query_tasks(task_name="^eval$") == [ev]
+    assert Task.query_tasks(tags=["a"]) == [ev, small]
+    assert Task.query_tasks(tags=["a", "-b"]) == [small]
+    assert Task.query_tasks(project_name="qa", tags=["b"]) == [big]
+    assert Task.query_tasks(project_name="nope") == []

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        from clearml_hooks.not_provided import NOT_PROVIDED, error
+
+        if name in NOT_PROVIDED:
+            raise error(name)
         raise AttributeError(f"module 'clearml_hooks' has no attribute {name!r}")
     import importlib
 

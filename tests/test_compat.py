@@ -160,3 +160,30 @@ def test_query_tasks_newest_first_with_filters():
     assert Task.query_tasks(tags=["a", "-b"]) == [small]
     assert Task.query_tasks(project_name="qa", tags=["b"]) == [big]
     assert Task.query_tasks(project_name="nope") == []
+
+
+# -- names deliberately not provided ----------------------------------------------------------------
+
+
+def test_from_import_dataset_says_what_to_use_instead():
+    with pytest.raises(ImportError, match=r"records models.*not datasets.*clearml-data.*DVC"):
+        from clearml_hooks import Dataset  # noqa: F401
+
+
+def test_attribute_dataset_is_an_attribute_error_with_the_message():
+    import clearml_hooks
+
+    with pytest.raises(AttributeError, match=r"records models.*not datasets.*clearml-data.*DVC"):
+        clearml_hooks.Dataset  # noqa: B018
+    assert not hasattr(clearml_hooks, "Dataset")
+    assert getattr(clearml_hooks, "PipelineController", None) is None
+    with pytest.raises(AttributeError, match=r"has no attribute 'Nope'"):
+        clearml_hooks.Nope  # noqa: B018
+
+
+def test_every_not_provided_name_has_its_message():
+    from clearml_hooks.not_provided import NOT_PROVIDED
+
+    for name in NOT_PROVIDED:
+        with pytest.raises(ImportError, match=f"clearml_hooks.{name} is not provided"):
+            exec(f"from clearml_hooks import {name}", {})

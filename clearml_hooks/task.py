@@ -275,7 +275,10 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
     def set_last_iteration(self, iteration: int) -> None:
         """The iteration recorded with the next captured snapshots."""
-        self.capturer.iteration = int(iteration)
+        iteration = int(iteration)
+        if not -(2**63) <= iteration <= 2**63 - 1:
+            raise ValueError(f"iterations must fit in 64 bits (-2**63 .. 2**63 - 1), got {iteration}")
+        self.capturer.iteration = iteration
 
     def get_last_iteration(self) -> int:
         return self.capturer.iteration or 0

@@ -187,3 +187,64 @@ def test_every_not_provided_name_has_its_message():
     for name in NOT_PROVIDED:
         with pytest.raises(ImportError, match=f"clearml_hooks.{name} is not provided"):
             exec(f"from clearml_hooks import {name}", {})
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_query_models_metadata_must_be_a_mapping():
+    from clearml_hooks import Model
+
+    with pytest.raises(ValueError, match=r"metadata must be a dict of key -> value"):
+        Model.query_models(metadata="x")
+    with pytest.raises(ValueError, match=r"metadata must be a dict"):
+        Model.query_models(metadata=["a", "b"])
+    assert Model.query_models(metadata={"k": "v"}) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"offset": 2**70}, {"max_results": 2**64},
+                                    {"offset": -1}, {"max_results": -5}, {"offset": 1.5}])
+def test_query_models_counts_beyond_64_bits_are_value_errors(kwargs):
+    from clearml_hooks import Model
+
+    with pytest.raises(ValueError, match=r"(offset|max_results) must be"):
+        Model.query_models(**kwargs)
+
+
+def test_query_models_largest_64_bit_counts_work():
+    from clearml_hooks import Model
+
+    assert Model.query_models(offset=2**63 - 1, max_results=2**63 - 1) == []
+
+
+def test_cli_limit_beyond_64_bits_is_one_line_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from clearml_hooks import Task
+
+    Task.init(project_name="cli", task_name="t").close()  # a store at CLEARML_HOOKS_HOME
+    proc = subprocess.run(
+        [sys.executable, "-m", "clearml_hooks", "models", "list",
+         "--limit", "99999999999999999999999"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "max_results must be between 0 and 2**63 - 1" in lines[0]
+
+
+def test_set_last_iteration_beyond_64_bits_is_a_value_error():
+    task = Task.init(project_name="compat", task_name="iterations")
+    try:
+        with pytest.raises(ValueError, match=r"iterations must fit in 64 bits"):
+            task.set_last_iteration(2**70)
+        with pytest.raises(ValueError, match=r"iterations must fit in 64 bits"):
+            task.set_last_iteration(-(2**63) - 1)
+        task.set_last_iteration(2**63 - 1)
+        assert task.get_last_iteration() == 2**63 - 1
+        with pytest.raises(ValueError, match=r"64 bits"):
+            task.get_logger().report_scalar("loss", "train", 0.1, iteration=2**64)
+    finally:
+        task.close()

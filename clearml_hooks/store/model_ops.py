@@ -408,6 +408,19 @@ ORDER_FIELDS = {"updated": s.models.c.updated, "created": s.models.c.created,
                 "name": s.models.c.name, "iteration": s.models.c.iteration}
 
 
+def _count(value: Any, what: str) -> int:
+    """A row count or offset the database can take: an int from 0 to 2**63 - 1."""
+    import operator
+
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an int, got {value!r}") from None
+    if not 0 <= value <= 2**63 - 1:
+        raise ValueError(f"{what} must be between 0 and 2**63 - 1 (64 bits), got {value}")
+    return value
+
+
 def query(catalog: SqlCatalog, *, project_name: str | None = None, model_name: str | None = None,
           tags: Sequence[Any] | None = None, only_published: bool = False,
           include_archived: bool = False, max_results: int | None = None,
@@ -431,6 +444,8 @@ def query(catalog: SqlCatalog, *, project_name: str | None = None, model_name: s
         where.append(m.c.framework == framework)
     if task_id is not None:
         where.append(m.c.task_id == task_id)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ValueError(f"metadata must be a dict of key -> value, got {metadata!r}")
     required = []
     if tags:
         required, residual = tag_filter(tags)
@@ -460,13 +475,9 @@ def query(catalog: SqlCatalog, *, project_name: str | None = None, model_name: s
                          + ", ".join(sorted(ORDER_FIELDS)) + " (prefix '-' for descending)")
     q = q.order_by(column.desc() if desc else column.asc(), m.c.id.desc() if desc else m.c.id)
     if max_results is not None:
-        if max_results < 0:
-            raise ValueError("max_results must be >= 0")
-        q = q.limit(max_results)
+        q = q.limit(_count(max_results, "max_results"))
     if offset:
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
-        q = q.offset(offset)
+        q = q.offset(_count(offset, "offset"))
     with catalog.read() as conn:
         result = conn.execute(q)
         keys = list(result.keys())

@@ -379,6 +379,9 @@ def _script_name() -> str:
     return os.path.splitext(os.path.basename(path))[0] if path else "untitled"
 
 
+UNREACHABLE_GRACE = 10.0  # seconds an exit waits for a store that keeps failing
+
+
 def _drain(task: Task, timeout: float) -> None:
     """Give the worker a bounded time to store what is journaled; say what is left.
 
@@ -399,8 +402,15 @@ def _drain(task: Task, timeout: float) -> None:
     if lazy:
         return
     try:
-        task.store.worker.start()
-        capturer.flush(timeout)
+        worker = task.store.worker
+        worker.start()
+        deadline = start + timeout
+        while not capturer.flush(min(0.5, max(0.0, deadline - time.monotonic()))):
+            now = time.monotonic()
+            # the store is unreachable: waiting out the whole budget would not help
+            if now >= deadline or (worker.waiting_since is not None
+                                   and now - worker.waiting_since > UNREACHABLE_GRACE):
+                break
         left = capturer.pending()
         if left:
             log.warning(

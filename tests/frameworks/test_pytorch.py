@@ -198,3 +198,23 @@ def test_save_into_a_named_temporary_file(task, tmp_path):
     (model,) = task.models["output"]
     assert model.source == f.name
     assert _stored_bytes(model) == Path(f.name).read_bytes()
+
+
+def test_script_module_save_method_is_captured_once(task, tmp_path):
+    """``torch.jit.script(model).save(path)`` (RecursiveScriptModule.save), as ClearML captures
+    it; ``torch.jit.save`` calls that method inside and still makes one snapshot."""
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    assert type(scripted) is torch.jit.RecursiveScriptModule  # its own ``save`` runs
+    scripted.save(str(tmp_path / "scripted.pt"))
+    torch.jit.save(scripted, str(tmp_path / "via_jit.pt"))
+    torch.jit.script(torch.nn.Linear(2, 2)).save(tmp_path / "pathlike.pt")
+    task.flush(wait_for_uploads=True)
+    outputs = {m.source: m for m in task.models["output"]}
+    assert sorted(outputs) == sorted(str(tmp_path / n)
+                                     for n in ("scripted.pt", "via_jit.pt", "pathlike.pt"))
+    for source, model in outputs.items():
+        assert model.framework == "PyTorch"
+        assert _stored_bytes(model) == Path(source).read_bytes()
+        assert len(model.snapshots) == 1
+    assert (vars(torch.jit.ScriptModule)["save"]
+            is vars(torch.jit.RecursiveScriptModule)["save"])  # one wrapper for both

@@ -27,12 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _python(code: str, env: dict | None = None) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
-    if out.returncode:
-        raise RuntimeError(out.stderr)
-    return out.stdout.strip().splitlines()[-1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import _python  # noqa: E402  (one runner of snippets for the benchmarks)
 
 
 def small_save(repeats: int) -> dict:

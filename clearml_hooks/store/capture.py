@@ -34,13 +34,7 @@ def location_files(location: Location) -> list[tuple[str, str]]:
         return [(path, os.path.basename(path))]
     if location.kind == "files":
         return [(os.path.abspath(p), os.path.basename(p)) for p in location.files]
-    root = os.path.abspath(location.path)
-    out = []
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
-            full = os.path.join(folder, name)
-            out.append((full, os.path.relpath(full, root)))
-    return sorted(out, key=lambda item: item[1])
+    return staging.walk_files(os.path.abspath(location.path))
 
 
 class Capturer:

@@ -216,27 +216,17 @@ class Journal:
         """Close the files; remove the journal when nothing in it is outstanding."""
         with self._lock:
             done = not any(s.outstanding for s in self._segments)
-            for fd in (self._fd, self._lock_fd, *self._other_locks):
-                if fd is not None:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            self._fd = self._lock_fd = None
-            self._other_locks = []
-            segments, self._segments = self._segments, []
-            dirs, self._dirs = self._dirs, []
+            segments, dirs = self._segments, self._dirs
+            self._release()
             self._generation += 1
-            self._root_index = 0
-            self.root = self.roots[0]
             self.dir = os.path.join(self.root, f"{self.owner}.{self._generation}")
         if done and remove_if_done and segments:
             for path in dirs:
                 remove_journal_dir(path)
         return done
 
-    def _after_fork(self) -> None:
-        """A forked child writes its own journal: the parent's lock stays the parent's."""
+    def _release(self) -> None:
+        """Close every file and lock; the next append starts afresh on the first root."""
         for fd in (self._fd, self._lock_fd, *self._other_locks):
             if fd is not None:
                 try:
@@ -244,11 +234,13 @@ class Journal:
                 except OSError:
                     pass
         self._fd = self._lock_fd = None
-        self._other_locks = []
-        self._dirs = []
+        self._other_locks, self._dirs, self._segments = [], [], []
         self._root_index = 0
         self.root = self.roots[0]
-        self._segments = []
+
+    def _after_fork(self) -> None:
+        """A forked child writes its own journal: the parent's lock stays the parent's."""
+        self._release()
         self._offset = 0
         self._pid = os.getpid()
         self._generation = 0

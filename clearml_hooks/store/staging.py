@@ -230,6 +230,16 @@ class StagedReader:
                 "than stored with other bytes")
 
 
+def walk_files(root: str) -> list[tuple[str, str]]:
+    """(absolute path, path relative to ``root``) of every file under a folder, sorted."""
+    out = []
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            out.append((full, os.path.relpath(full, root)))
+    return sorted(out, key=lambda item: item[1])
+
+
 def remove_staging(paths: list[str]) -> None:
     """Remove staging folders or staged files (ours only: their names are ours)."""
     for path in paths:

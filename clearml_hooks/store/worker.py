@@ -253,14 +253,9 @@ class Processor:
 
 
 def _walk(path: str, kind: str) -> list[tuple[str, str]]:
-    if kind == "file":
-        return [(path, os.path.basename(path))]
-    out = []
-    for folder, _dirs, names in os.walk(path):
-        for name in names:
-            full = os.path.join(folder, name)
-            out.append((full, os.path.relpath(full, path)))
-    return sorted(out, key=lambda item: item[1])
+    from clearml_hooks.store.staging import walk_files
+
+    return [(path, os.path.basename(path))] if kind == "file" else walk_files(path)
 
 
 WORKER_NICE = 10

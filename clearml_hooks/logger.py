@@ -28,9 +28,9 @@ class Logger:
 
     @classmethod
     def current_logger(cls) -> Logger | None:
-        from clearml_hooks.task import Task
+        from clearml_hooks import context
 
-        task = Task.current_task()
+        task = context.current_task()
         return task.get_logger() if task is not None else None
 
     def report_scalar(self, title: str, series: str, value: float, iteration: int) -> None:

@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from clearml_hooks import context
 from clearml_hooks.frameworks import canonical_framework
 from clearml_hooks.model_reporting import ModelReporting
 from clearml_hooks.store import Store, open_store
@@ -30,9 +31,7 @@ if TYPE_CHECKING:
 
 def default_store() -> Store:
     """The current task's store, else the one the environment and config file name."""
-    from clearml_hooks.task import Task
-
-    task = Task.current_task()
+    task = context.current_task()
     return task.store if task is not None else open_store()
 
 log = logging.getLogger("clearml_hooks")
@@ -795,13 +794,12 @@ class InputModel(Model):
         """Register weights that live at a URL (nothing is copied). A URL that is already
         registered returns that model and ignores the other arguments."""
         from clearml_hooks.store import model_ops
-        from clearml_hooks.task import Task
 
         url = _normalize_url(weights_url)
         text, cdict = _resolve_config(config_text, config_dict)
         labels = _validate_labels(label_enumeration)
         tags = model_ops.clean_tags(tags)
-        task = Task.current_task()
+        task = context.current_task()
         store = store or default_store()
         existing = model_ops.find_by_uri(store.catalog, url)
         if existing:
@@ -855,10 +853,8 @@ class OutputModel(Model):
                  tags: Sequence[str] | None = None, comment: str | None = None,
                  framework: str | None = None, base_model_id: str | None = None) -> None:
         from clearml_hooks.store import model_ops
-        from clearml_hooks.task import Task
-
         if task is None:
-            task = Task.current_task()
+            task = context.current_task()
             if task is None:
                 raise ValueError("OutputModel needs a task: pass task=... or call Task.init() first")
         text, cdict = _resolve_config(config_text, config_dict)
@@ -984,9 +980,7 @@ class OutputModel(Model):
     def wait_for_uploads(cls, timeout: float | None = None,
                          max_num_uploads: int | None = None) -> bool:
         """Wait until every weights upload started in this process is stored; False on timeout."""
-        from clearml_hooks.task import Task
-
-        current = Task.current_task()
+        current = context.current_task()
         if current is None:
             return True
         current.store.worker.start()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from clearml_hooks import context
 from clearml_hooks.config import BUILTIN_BLOB_SCHEMES, Settings, lookup
 from clearml_hooks.hooks.selection import FRAMEWORK_KEYS, parse_auto_connect
 from clearml_hooks.launch import env as launch_env
@@ -145,6 +146,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 task.inert = True
                 log.debug("clearml-hooks: not rank 0 / a worker process: Task.init is inert")
             cls._current = task
+            context.set_current(task)
             if not cls._atexit_registered:
                 atexit.register(_at_exit)
                 cls._atexit_registered = True
@@ -198,6 +200,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             else:
                 task.inert = True  # another rank, a worker: joins, captures nothing
             cls._current = task
+            context.set_current(task)
             if not cls._atexit_registered:
                 atexit.register(_at_exit)
                 cls._atexit_registered = True
@@ -205,8 +208,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
     @classmethod
     def current_task(cls) -> Task | None:
-        current = cls._current
-        return current if current is not None and not current.closed else None
+        return context.current_task()
 
     @classmethod
     def get_task(cls, task_id: str) -> TaskRecord:
@@ -252,6 +254,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             self.closed = True
             if Task._current is self:
                 Task._current = None
+                context.set_current(None)
             launch_env.unexport(self.id)
         if self.inert:
             return

@@ -195,8 +195,8 @@ def test_published_model_cannot_change(task, tmp_path):
     with pytest.raises(ValueError, match="published"):
         model.update_design(config_text="x")
     assert (model.url, len(model.snapshots), model.labels) == before
-    staging = task.store.staging_root
-    assert not os.listdir(staging)
+    staging = task.store.staging_root  # small weights go inline: no staging folder at all
+    assert not os.path.exists(staging) or not os.listdir(staging)
     model.tags = ["still", "taggable"]
     assert model.tags == ["still", "taggable"]
 

@@ -62,7 +62,7 @@ def _store(ctx: click.Context, recover_rows: bool = True):
         settings = Settings.resolve(home=obj.get("home"))
         store = store_for(settings)
         store.wait()
-        if recover_rows and os.path.isdir(store.journal_root):
+        if recover_rows and any(os.path.isdir(r) for r in store.journal_roots):
             from clearml_hooks.store.worker import recover
 
             recover(store, rows_only=True)
@@ -385,7 +385,7 @@ def sync(ctx: click.Context, force: bool, as_json: bool) -> None:
     from clearml_hooks.store.worker import recover
 
     store = _store(ctx, recover_rows=False)
-    todo = sum(len(j.pending) for j in describe(store.journal_root) if force or not j.alive)
+    todo = sum(len(j.pending) for j in describe(store.journal_roots) if force or not j.alive)
     show_progress = not as_json and sys.stderr.isatty() and todo
     if show_progress:
         from rich.progress import Progress
@@ -437,7 +437,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     settings = Settings.resolve(home=ctx.find_root().obj.get("home"))
     _require_home(settings.home)
     store = store_for(settings)
-    journals = describe(store.journal_root)
+    journals = describe(store.journal_roots)
     staged = _tree_bytes(store.staging_root)
     rows = []
     for j in journals:

@@ -32,6 +32,9 @@ from bench_core import _python  # noqa: E402  (one runner of snippets for the be
 
 
 def small_save(repeats: int) -> dict:
+    """Paired samples: each captured save is timed right after a filtered-out one, so load
+    drift cancels; the median of the per-pair differences is the agent's training-thread cost.
+    ``busy``: the same while the worker stores a 256 MB snapshot."""
     return json.loads(_python(f"""
         import json, os, shutil, statistics, tempfile, time
         import torch
@@ -44,37 +47,53 @@ def small_save(repeats: int) -> dict:
             task = Task.init(project_name="bench", task_name="small", output_uri=tmp + "/store",
                              auto_connect_frameworks={{"pytorch": "final*.pt"}})
             selection, sink = registry().selection, registry().sink
-            N = 200
-            def per_save(path):
-                t = time.perf_counter()
-                for i in range(N):
-                    torch.save(state, path)
-                return (time.perf_counter() - t) / N * 1e6
             filtered, captured = os.path.join(tmp, "epoch.pt"), os.path.join(tmp, "final.pt")
-            per_save(filtered); per_save(captured); task.flush(wait_for_uploads=True)
-            rows = {{k: [] for k in ("off", "filtered", "captured", "busy_filtered",
-                                     "busy_captured", "busy_off")}}
+            def timed(path):
+                t = time.perf_counter(); torch.save(state, path); return time.perf_counter() - t
+            def pairs(a, b, n, stop=None):
+                diffs, firsts = [], []
+                for _ in range(n):
+                    if stop is not None and stop():
+                        break
+                    x = a(); y = b()
+                    diffs.append((y - x) * 1e6); firsts.append(x * 1e6)
+                return diffs, firsts
+            for _ in range(50):
+                timed(filtered); timed(captured)
+            task.flush(wait_for_uploads=True)
+            rest, busy, slow, base = [], [], [], []
             for r in range({repeats}):
-                registry().uninstrument(); rows["off"].append(per_save(filtered))
-                registry().instrument(selection, sink)
-                rows["filtered"].append(per_save(filtered))
-                rows["captured"].append(per_save(captured))
+                d, _ = pairs(lambda: timed(filtered), lambda: timed(captured), 300)
+                rest.append(statistics.median(d))
                 task.flush(wait_for_uploads=True)
-                # the worker stores a 256 MB snapshot while we save
+                torch.save(big, os.path.join(tmp, "final_big.pt"))  # the worker stores it now
+                worker = task.store.worker
+                d, _ = pairs(lambda: timed(filtered), lambda: timed(captured), 300,
+                             stop=lambda: worker.outstanding() == 0)
+                if d:
+                    busy.append(statistics.median(d))
+                task.flush(wait_for_uploads=True)
+                # filtered-out saves, agent off vs agent on while the worker stores
+                off = []
+                registry().uninstrument()
+                for _ in range(300):
+                    off.append(timed(filtered) * 1e6)
+                registry().instrument(selection, sink)
                 torch.save(big, os.path.join(tmp, "final_big.pt"))
-                rows["busy_filtered"].append(per_save(filtered))
-                rows["busy_captured"].append(per_save(captured))
-                registry().uninstrument(); rows["busy_off"].append(per_save(filtered))
-                registry().instrument(selection, sink)
-                busy = task.store.worker.outstanding()
+                on = []
+                while worker.outstanding() and len(on) < 300:
+                    on.append(timed(filtered) * 1e6)
+                if on:
+                    slow.append(statistics.median(on) / statistics.median(off))
+                    base.append(statistics.median(off))
                 task.flush(wait_for_uploads=True)
-            med = {{k: statistics.median(v) for k, v in rows.items()}}
-            med["captured_over_filtered_us"] = med["captured"] - med["filtered"]
-            med["busy_captured_over_filtered_us"] = med["busy_captured"] - med["busy_filtered"]
-            med["filtered_slowdown_busy"] = med["busy_filtered"] / med["off"]
-            med["stats"] = task.capture_stats
+            print(json.dumps({{
+                "captured_minus_filtered_us_at_rest": statistics.median(rest),
+                "captured_minus_filtered_us_worker_busy": statistics.median(busy) if busy else None,
+                "filtered_save_us_agent_off": statistics.median(base) if base else None,
+                "filtered_slowdown_while_worker_stores": statistics.median(slow) if slow else None,
+                "stats": task.capture_stats}}))
             task.close()
-            print(json.dumps(med))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     """))

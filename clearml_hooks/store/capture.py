@@ -163,11 +163,15 @@ class Capturer:
 
     def saved(self, hook: Hook | None, location: Location, framework: str, *,
               through_handle: bool = False) -> None:
-        files = location_files(location)
+        if location.kind == "file":  # the common case, with one abspath
+            source = os.path.abspath(location.path)
+            files = [(source, os.path.basename(source))]
+        else:
+            files = location_files(location)
+            source = os.path.abspath(location.path)
         if not files:
             self.stats["skipped_nothing_written"] += 1
             return
-        source = os.path.abspath(location.path)
         iteration = location.iteration if location.iteration is not None else self.iteration
         name = os.path.basename(source.rstrip(os.sep)) or source
         if through_handle:
@@ -218,12 +222,9 @@ class Capturer:
             "t": "snap", "rid": rid, "task": self.task_id, "src": source, "name": name,
             "fw": framework, "kind": kind, "it": iteration, "ts": time.time(), "files": entries,
             "staging": folders}
-        if kind == "file":
-            try:
-                st = os.stat(files[0][0])
-                header["src_size"], header["src_mtime_ns"] = st.st_size, st.st_mtime_ns
-            except OSError:
-                pass
+        if kind == "file" and entries and "mtime_ns" in entries[0]:
+            header["src_size"], header["src_mtime_ns"] = entries[0]["size"], entries[0].pop(
+                "mtime_ns")
         if model_id:
             header["model"] = model_id
         if dest:

@@ -124,14 +124,14 @@ def stage_file(src: str, place: Callable[[os.stat_result], str], *, inline_max: 
             data = os.pread(fd, st.st_size + 1, 0)
             if len(data) != st.st_size:
                 raise NotStaged(f"{src} changed while it was read")
-            return {"size": st.st_size, "how": "inline"}, data
+            return {"size": st.st_size, "how": "inline", "mtime_ns": st.st_mtime_ns}, data
         staged = place(st)
         free = free_bytes(os.path.dirname(staged) or ".")
         if free is not None and free < st.st_size + min_free:
             raise NotStaged(f"only {free >> 20} MiB free on the filesystem of "
                             f"{os.path.dirname(staged)}, {st.st_size >> 20} MiB needed plus a "
                             f"reserve of {min_free >> 20} MiB (setting staging_min_free)")
-        entry: dict[str, Any] = {"size": st.st_size, "path": staged}
+        entry: dict[str, Any] = {"size": st.st_size, "path": staged, "mtime_ns": st.st_mtime_ns}
         if _reflink(fd, staged, st.st_dev):
             entry["how"] = "reflink"
         elif not force_copy and _try_link(src, staged, st):

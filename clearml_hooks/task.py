@@ -145,11 +145,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 # process; this one captures nothing and registers nothing
                 task.inert = True
                 log.debug("clearml-hooks: not rank 0 / a worker process: Task.init is inert")
-            cls._current = task
-            context.set_current(task)
-            if not cls._atexit_registered:
-                atexit.register(_at_exit)
-                cls._atexit_registered = True
+            cls._make_current(task)
             return task
 
     @classmethod
@@ -199,12 +195,17 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 registry().instrument(selection, capturer)
             else:
                 task.inert = True  # another rank, a worker: joins, captures nothing
-            cls._current = task
-            context.set_current(task)
-            if not cls._atexit_registered:
-                atexit.register(_at_exit)
-                cls._atexit_registered = True
+            cls._make_current(task)
             return task
+
+    @classmethod
+    def _make_current(cls, task: Task) -> None:
+        """The task every layer sees (``clearml_hooks.context``); closed at exit."""
+        cls._current = task
+        context.set_current(task)
+        if not cls._atexit_registered:
+            atexit.register(_at_exit)
+            cls._atexit_registered = True
 
     @classmethod
     def current_task(cls) -> Task | None:

@@ -72,7 +72,7 @@ def test_identical_bytes_are_stored_once(task, tmp_path, store_dir):
 
 def test_snapshot_is_journaled_when_the_call_returns(store_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("CLEARML_HOOKS_OFFLINE", "1")  # nothing finishes in the background
-    with Task.init(project_name="p", task_name="journal", output_uri=str(store_dir)) as task:
+    with Task.init(project_name="p", task_name="journal", output_uri=str(store_dir)):
         torch.save({"w": 1}, tmp_path / "j.pt")
         (journal,) = describe(str(store_dir / "journal"))
         (snap,) = [r.header for r in journal.pending if r.header["t"] == "snap"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +18,10 @@ from tests.faults._util import (
     sync,
     torch_value,
     write_script,
-    zygote,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
-
-@pytest.fixture
-def z(request):
-    return zygote(request)
 
 
 @pytest.fixture

@@ -21,18 +21,11 @@ from tests.faults._util import (
     events,
     hidden_staging,
     open_catalog,
-    run,
     snapshots,
     sync,
     torch_value,
     write_script,
-    zygote,
 )
-
-
-@pytest.fixture
-def z(request):
-    return zygote(request)
 
 
 def _ready_or_failed(home: Path) -> list[dict]:

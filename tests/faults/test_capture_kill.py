@@ -28,14 +28,7 @@ from tests.faults._util import (
     sync,
     torch_value,
     write_script,
-    zygote,
 )
-
-
-@pytest.fixture
-def z(request):
-    return zygote(request)
-
 
 KILLED_RUN = """
     import random
@@ -95,7 +88,7 @@ def test_kill9_loop_then_sync(z, tmp_path):
     assert_drained(home)
     assert not hidden_staging(work)
     assert (work / "last.pt").exists()  # the user's files are all there
-    for it, path in saved.items():
+    for path in saved.values():
         assert (work / path).exists(), path
 
 

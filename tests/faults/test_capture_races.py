@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import pytest
-
 from tests.faults._util import (
     check_snapshots,
     cli,
@@ -14,14 +10,7 @@ from tests.faults._util import (
     snapshots,
     sync,
     write_script,
-    zygote,
 )
-
-
-@pytest.fixture
-def z(request):
-    return zygote(request)
-
 
 LIVE = """
     task = Task.init(project_name="faults", task_name="live", output_uri=os.environ["STORE"])

@@ -26,7 +26,6 @@ from tests.faults._util import (
     status,
     sync,
     write_script,
-    zygote,
 )
 
 SAVES = """
@@ -43,10 +42,6 @@ SAVES = """
 
 EXIT_TIMEOUT = 4
 
-
-@pytest.fixture
-def z(request):
-    return zygote(request)
 
 
 def _children(pid: int) -> list[int]:

@@ -62,6 +62,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
     _current: Task | None = None
     attached = False  # joined a task that another process registered (``_attach``)
+    end_status = "completed"  # set by task_end: failed (exception), stopped (Ctrl-C, SIGTERM)
     _lock = threading.RLock()
     _atexit_registered = False
 
@@ -137,6 +138,9 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             if process.capture_allowed():
                 capturer.start()  # the task is journaled; the catalog learns it in the background
                 registry().instrument(selection, capturer)
+                from clearml_hooks import task_end
+
+                task_end.install()  # failed on an exception, stopped on Ctrl-C or SIGTERM
                 # Python children (spawn, torchrun, subprocess) join this task
                 launch_env.export(task_id, project, name, task_type, auto_connect_frameworks,
                                   output_uri)
@@ -260,7 +264,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
         if self.inert:
             return
         if not self.attached:  # the process that registered the task reports its end
-            self.capturer.journal_status("completed")
+            self.capturer.journal_status(self.end_status)
         _drain(self, self.settings.exit_timeout if timeout is None else timeout)
         if Task._current is None:
             # nothing captures now: a journal with records left becomes recoverable by others
@@ -272,7 +276,9 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
     def __enter__(self) -> Task:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any = None, *exc: Any) -> None:
+        if exc_type is not None:
+            self.end_status = "stopped" if issubclass(exc_type, KeyboardInterrupt) else "failed"
         self.close()
 
     # -- iteration, stats ---------------------------------------------------------------------

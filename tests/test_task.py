@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from clearml_hooks import Task
@@ -117,3 +119,59 @@ def test_clearml_task_methods_scripts_call_do_not_fail(task, tmp_path):
     assert task.upload_artifact("stats", {"a": 1}) is True
     task.execute_remotely(queue_name="default")
     Task.add_requirements("torch", "2.13.0")
+
+
+def _status_after(script_body: str, tmp_path, *, signal_after: float | None = None):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from clearml_hooks.config import Settings
+    from clearml_hooks.store import store_for
+    from clearml_hooks.store.worker import recover
+    from tests.conftest import REPO
+
+    store = tmp_path / "store"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from clearml_hooks import Task
+        task = Task.init(project_name="end", task_name="run", output_uri={str(store)!r})
+        print("ready", flush=True)
+    """) + textwrap.dedent(script_body))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        if signal_after is not None:
+            time.sleep(signal_after)
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    s = store_for(Settings.resolve(home=str(store)))
+    recover(s)  # what the run left journaled (an embedded store is brought up to date lazily)
+    (row,) = s.catalog.list_tasks(project="end")
+    return proc.returncode, row["status"]
+
+
+def test_an_unhandled_exception_marks_the_task_failed(tmp_path):
+    code, status = _status_after("raise ValueError('boom')\n", tmp_path)
+    assert code == 1 and status == "failed"
+
+
+def test_sigterm_marks_the_task_stopped_and_still_kills_the_process(tmp_path):
+    import signal
+
+    code, status = _status_after("time.sleep(60)\n", tmp_path, signal_after=0.5)
+    assert code == -signal.SIGTERM and status == "stopped"
+
+
+def test_a_normal_end_is_completed(tmp_path):
+    code, status = _status_after("pass\n", tmp_path)
+    assert code == 0 and status == "completed"

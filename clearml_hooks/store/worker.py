@@ -166,7 +166,7 @@ class Processor:
             shas = []
             for f in record.header["files"]:
                 if f["how"] == "inline":
-                    shas.append(hashlib.sha256(record.payload(offset, f["size"])).hexdigest())
+                    shas.append(hashlib.sha256(_payload(record, offset, f["size"])).hexdigest())
                     offset += f["size"]
             record.header["_inline_shas"] = shas
             out[record.rid] = shas
@@ -187,7 +187,7 @@ class Processor:
         for f in h["files"]:
             rel = f["rel"]
             if f["how"] == "inline":
-                data = record.payload(offset, f["size"])
+                data = _payload(record, offset, f["size"])
                 offset += f["size"]
                 sha = next(inline_shas, None) or hashlib.sha256(data).hexdigest()
                 if not blobs.exists(sha):
@@ -240,8 +240,8 @@ class Processor:
             try:
                 with open(full, "rb", buffering=0) as f:
                     hashed.append((rel, *hash_stream(f)))
-            except FileNotFoundError:
-                return  # gone since it was loaded: nothing to connect
+            except OSError:
+                return  # gone or unreadable since it was loaded: no lineage, nothing blocked
         digest = hashed[0][1] if h["kind"] == "file" else manifest_digest(hashed)
         if match is None:
             match = catalog.find_by_digest(digest)
@@ -250,6 +250,16 @@ class Processor:
             return
         ingest.register_import(catalog, task_id=h["task"], path=h["path"], kind=h["kind"],
                                framework=h["fw"], name=h["name"], digest=digest, hashed=hashed)
+
+
+def _payload(record: Record, offset: int, size: int) -> bytes:
+    """Inline bytes of a record; a damaged journal fails that snapshot, never blocks others."""
+    from clearml_hooks.store.staging import SourceChanged
+
+    try:
+        return record.payload(offset, size)
+    except OSError as exc:
+        raise SourceChanged(f"the journal's copy of the bytes is unreadable: {exc}") from exc
 
 
 def _walk(path: str, kind: str) -> list[tuple[str, str]]:
@@ -455,14 +465,9 @@ class Worker:
                 contract.agent_error(f"processing a journaled {record.header.get('t')} record")
             except Exception:
                 pass
-        if record.header.get("t") == "snap":
-            try:
-                from clearml_hooks.store import ingest
-
-                ingest.ingest_snapshot(self.store.catalog, record.header, self.journal.name)
-                ingest.fail_snapshot(self.store.catalog, record.rid, reason)
-            except Exception:
-                return "error"  # stays journaled: the next process tries again
+        if record.header.get("t") == "snap" and not _fail_loudly(
+                self.store, record, self.journal.name, reason):
+            return "error"  # stays journaled: the next process tries again
         return "failed"
 
     def _warn_waiting(self, exc: BaseException) -> None:
@@ -586,6 +591,10 @@ def recover(store: Store, *, force: bool = False, own: str | None = None,
                         break
                     outcome = "failed"
                     result.errors.append(f"{record.rid}: {type(exc).__name__}: {exc}")
+                    if record.header.get("t") == "snap" and not _fail_loudly(
+                            store, record, owner, f"{type(exc).__name__}: {exc}"):
+                        complete = False
+                        continue  # not marked done: the next recovery tries again
                 if record.header.get("t") == "snap":
                     result.items.append({"rid": record.rid, "outcome": outcome,
                                          "name": record.header.get("name"),
@@ -631,6 +640,18 @@ def _remove_unborn_journals(root: str) -> None:
 
 
 ORPHAN_AGE = 3600.0
+
+
+def _fail_loudly(store: Store, record: Record, owner: str, reason: str) -> bool:
+    """A snapshot that cannot be processed ends failed with its reason, never silently."""
+    from clearml_hooks.store import ingest
+
+    try:
+        ingest.ingest_snapshot(store.catalog, record.header, owner)
+        ingest.fail_snapshot(store.catalog, record.rid, reason)
+        return True
+    except Exception:
+        return False
 
 
 def _remove_orphan_staging(store: Store, own: str | None) -> None:

@@ -175,3 +175,43 @@ def test_sigterm_marks_the_task_stopped_and_still_kills_the_process(tmp_path):
 def test_a_normal_end_is_completed(tmp_path):
     code, status = _status_after("pass\n", tmp_path)
     assert code == 0 and status == "completed"
+
+
+def test_a_captured_model_saved_after_loading_one_has_it_as_parent(tmp_path):
+    import textwrap
+
+    from clearml_hooks.config import Settings
+    from clearml_hooks.models import Model
+    from clearml_hooks.store import store_for
+    from tests.conftest import run_script
+
+    store = tmp_path / "store"
+    base, tuned = tmp_path / "base.pt", tmp_path / "tuned.pt"
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        from clearml_hooks import Task
+        task = Task.init(project_name="lineage", task_name=sys.argv[1], output_uri={str(store)!r})
+        if sys.argv[1] == "pretrain":
+            torch.save({{"w": torch.zeros(10)}}, {str(base)!r})
+        else:
+            state = torch.load({str(base)!r})
+            state["w"] += 1
+            torch.save(state, {str(tuned)!r})
+            torch.save(state, {str(tmp_path / "other.pt")!r})
+        task.close()
+    """))
+    for name in ("pretrain", "finetune"):
+        out = run_script(script, name)
+        assert out.returncode == 0, out.stderr
+    s = store_for(Settings.resolve(home=str(store)))
+    by_source = {}
+    for task_row in s.catalog.list_tasks(project="lineage"):
+        for link in s.catalog.task_models(task_row["id"]):
+            model = Model(link["model_id"], store=s)
+            by_source[(task_row["name"], link["direction"], model.name)] = model
+    parent = by_source[("pretrain", "output", "base.pt")]
+    assert by_source[("finetune", "input", "base.pt")].id == parent.id
+    assert by_source[("finetune", "output", "tuned.pt")].parent == parent.id
+    assert by_source[("finetune", "output", "other.pt")].parent == parent.id
+    assert parent.parent is None

@@ -323,7 +323,7 @@ class Capturer:
         header = {"t": "load", "rid": new_id(), "task": self.task_id, "path": path,
                   "kind": location.kind, "files": [os.path.abspath(p) for p in location.files],
                   "fw": framework, "name": os.path.basename(path.rstrip(os.sep)),
-                  "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                  "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ts": time.time()}
         try:
             record = self.store.journal.append(header)
         except OSError:

@@ -100,7 +100,7 @@ def _captured_model(catalog: SqlCatalog, conn: Connection, h: dict[str, Any], t:
                 source=h["src"], origin="captured", framework=h.get("fw"), comment="",
                 tags="[]", system_tags="[]", labels="{}", is_package=h["kind"] != "file",
                 published=False, archived=False, ready=False, iteration=h.get("it"),
-                created=t, updated=t))
+                parent_id=_only_input(conn, h["task"]), created=t, updated=t))
             conn.execute(s.task_models.insert().values(
                 task_id=h["task"], model_id=model_id, direction="output", name=h["name"],
                 created=t))
@@ -108,6 +108,32 @@ def _captured_model(catalog: SqlCatalog, conn: Connection, h: dict[str, Any], t:
         return conn.execute(q).scalar_one()
     events.emit(conn, "registered", model_id=model_id, origin="captured")
     return model_id
+
+
+def _only_input(conn: Connection, task_id: str) -> str | None:
+    """The model a task loaded, if it loaded exactly one: what its saves were trained from
+    (ClearML's parent of an output model)."""
+    rows = conn.execute(select(s.task_models.c.model_id).where(
+        s.task_models.c.task_id == task_id, s.task_models.c.direction == "input")
+        .limit(2)).scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
+def adopt_parent(catalog: SqlCatalog, task_id: str, loaded_at: float | None) -> None:
+    """A load resolved after the task's saves were ingested (one batch): the captured models
+    first saved after that load get it as their parent."""
+    if loaded_at is None:
+        return
+    with catalog.write() as conn:
+        parent = _only_input(conn, task_id)
+        if parent is None:
+            return
+        first_save = select(func.min(s.snapshots.c.created)).where(
+            s.snapshots.c.model_id == s.models.c.id).scalar_subquery()
+        conn.execute(update(s.models).where(
+            s.models.c.task_id == task_id, s.models.c.origin == "captured",
+            s.models.c.parent_id.is_(None), s.models.c.id != parent,
+            first_save >= loaded_at).values(parent_id=parent))
 
 
 def _update_manual_model(conn: Connection, model: dict, h: dict[str, Any], t: float) -> None:

@@ -247,9 +247,11 @@ class Processor:
             match = catalog.find_by_digest(digest)
         if match is not None:
             catalog.link_model(h["task"], match["model_id"], "input", snapshot_id=match["id"])
-            return
-        ingest.register_import(catalog, task_id=h["task"], path=h["path"], kind=h["kind"],
-                               framework=h["fw"], name=h["name"], digest=digest, hashed=hashed)
+        else:
+            ingest.register_import(catalog, task_id=h["task"], path=h["path"], kind=h["kind"],
+                                   framework=h["fw"], name=h["name"], digest=digest,
+                                   hashed=hashed)
+        ingest.adopt_parent(catalog, h["task"], h.get("ts"))
 
 
 def _payload(record: Record, offset: int, size: int) -> bytes:

@@ -52,7 +52,7 @@ def _require_home(home: str) -> None:
                        "--home or CLEARML_HOOKS_HOME")
 
 
-def _store(ctx: click.Context, recover_rows: bool = True):
+def _store(ctx: click.Context, recover_rows: bool = True, require: bool = True):
     """The store, opened; what dead runs left journaled shows as tasks and pending snapshots."""
     from clearml_hooks.config import Settings
     from clearml_hooks.store import store_for
@@ -60,6 +60,9 @@ def _store(ctx: click.Context, recover_rows: bool = True):
     obj = ctx.find_root().obj
     if obj.get("store") is None:
         settings = Settings.resolve(home=obj.get("home"))
+        if require and settings.catalog_url == "sqlite:///" + os.path.join(settings.home,
+                                                                           "catalog.db"):
+            _require_home(settings.home)  # a mistyped --home must not create a store there
         store = store_for(settings)
         store.wait()
         if recover_rows and any(os.path.isdir(r) for r in store.journal_roots):
@@ -498,7 +501,7 @@ def ui(ctx: click.Context, host: str, port: int, home: str | None, token: str | 
     import signal
 
     try:
-        server = make_server(_store(ctx), host=host, port=port, token=token,
+        server = make_server(_store(ctx, require=False), host=host, port=port, token=token,
                              read_only=read_only, access_log=True)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
@@ -558,7 +561,7 @@ def watch(ctx: click.Context, on, project, name, command, webhook, secret, tries
     if bool(command) == bool(webhook):
         raise CliError("give exactly one of --exec CMD or --webhook URL")
     matcher = Matcher(on=list(on), project=project, name=name)
-    catalog = _store(ctx, recover_rows=False).catalog
+    catalog = _store(ctx, recover_rows=False, require=False).catalog
     if command:
         target = ExecTarget(command, timeout=timeout)
     else:
@@ -604,7 +607,7 @@ def serve(ctx: click.Context, project, name, tag, published, endpoint, host, por
         raise CliError(f"serve needs the serve extra (pip install 'clearml-hooks[serve]'): "
                        f"{exc}") from exc
     try:
-        run_serve(_store(ctx, recover_rows=False), endpoint=endpoint, project=project,
+        run_serve(_store(ctx, recover_rows=False, require=False), endpoint=endpoint, project=project,
                   name=name, tag=tag, published=published, host=host, port=port)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc

@@ -155,3 +155,13 @@ def test_sync_finishes_snapshots_of_dead_processes(store_dir, tmp_path, invoke):
     again = invoke("sync")
     assert again.exit_code == 0 and "nothing to sync" in again.output
     assert json.loads(invoke("status", "--json").output)["pending_snapshots"] == 0
+
+
+def test_a_mistyped_home_is_an_error_and_creates_nothing(tmp_path):
+    runner = CliRunner()
+    missing = tmp_path / "no-such-store"
+    for args in (["models", "list"], ["tasks", "list"], ["status"], ["sync"]):
+        result = runner.invoke(cli, ["--home", str(missing), *args], obj={})
+        assert result.exit_code == 2, (args, result.output)
+        assert "no model store at" in result.output
+    assert not missing.exists()

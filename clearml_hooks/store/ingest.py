@@ -152,10 +152,17 @@ def _update_manual_model(conn: Connection, model: dict, h: dict[str, Any], t: fl
 
 # -- finishing ------------------------------------------------------------------------------------
 
-def complete_in(conn: Connection, snapshot_id: str, *, files: Sequence[tuple[str, str, int]],
-                digest: str, size: int, uri: str) -> bool:
+def complete_snapshot(catalog: SqlCatalog, snapshot_id: str, *,
+                      files: Sequence[tuple[str, str, int]], digest: str, size: int,
+                      uri: str) -> bool:
     """pending -> ready (never anything else); the model points at its newest ready snapshot.
     Releases the snapshot's blob pins in the same transaction."""
+    with catalog.write() as conn:
+        return complete_in(conn, snapshot_id, files=files, digest=digest, size=size, uri=uri)
+
+
+def complete_in(conn: Connection, snapshot_id: str, *, files: Sequence[tuple[str, str, int]],
+                digest: str, size: int, uri: str) -> bool:
     t = now()
     snap = conn.execute(select(s.snapshots).where(s.snapshots.c.id == snapshot_id)).mappings().first()
     conn.execute(delete(s.blob_pins).where(s.blob_pins.c.snapshot_id == snapshot_id))
@@ -202,6 +209,14 @@ def state_in(conn: Connection, snapshot_id: str) -> str | None:
     return conn.execute(select(s.snapshots.c.state).where(
         s.snapshots.c.id == snapshot_id)).scalar()
 
+
+def snapshot_state(catalog: SqlCatalog, snapshot_id: str) -> str | None:
+    with catalog.read() as conn:
+        return conn.execute(select(s.snapshots.c.state).where(
+            s.snapshots.c.id == snapshot_id)).scalar()
+
+
+# -- blob pins and garbage collection -------------------------------------------------------------
 
 def _gc_lock(conn: Connection) -> None:
     """Serialize pinning against collection (SQLite's writes are serialized already)."""

@@ -116,9 +116,8 @@ class Processor:
                 outcomes[record.rid] = "done"
         finished: list[tuple[str, Any]] = []  # (rid, completion kwargs | failure reason)
         pending = [(r, row) for r, row in snaps if row["state"] == "pending"]
-        inline = self._inline_files([r for r, _ in pending if not r.header.get("error")])
-        ingest.pin_blobs(catalog, [(sha, rid) for rid, files in inline.items()
-                                   if not isinstance(files, Exception) for sha, _ in files])
+        inline = self._inline_shas([r for r, _ in pending if not r.header.get("error")])
+        ingest.pin_blobs(catalog, [(sha, rid) for rid, shas in inline.items() for sha in shas])
         for record, row in snaps:
             h = record.header
             if row["state"] != "pending":
@@ -127,10 +126,7 @@ class Processor:
                 finished.append((record.rid, h["error"]))
             else:
                 try:
-                    files = inline.get(record.rid, [])
-                    if isinstance(files, Exception):
-                        raise files
-                    finished.append((record.rid, self._store_bytes(record, files)))
+                    finished.append((record.rid, self._store_bytes(record)))
                 except SourceChanged as exc:
                     finished.append((record.rid, str(exc)))
         if finished:
@@ -162,32 +158,23 @@ class Processor:
             blobs = self._dest_blobs[dest] = open_blob_store(dest)
         return blobs
 
-    def _inline_files(self, records: list[Record]) -> dict[str, Any]:
-        """(sha256, bytes) of every inline file, per snapshot, read once (pinned together in
-        one transaction); a snapshot whose journal bytes are unreadable maps to its error."""
-        from clearml_hooks.store.staging import SourceChanged
-
-        out: dict[str, Any] = {}
+    def _inline_shas(self, records: list[Record]) -> dict[str, list[str]]:
+        """sha256 of every inline file, per snapshot (pinned together in one transaction)."""
+        out: dict[str, list[str]] = {}
         for record in records:
             offset = 0
-            files = []
-            try:
-                for f in record.header["files"]:
-                    if f["how"] == "inline":
-                        data = _payload(record, offset, f["size"])
-                        offset += f["size"]
-                        files.append((hashlib.sha256(data).hexdigest(), data))
-            except SourceChanged as exc:
-                out[record.rid] = exc
-                continue
-            out[record.rid] = files
+            shas = []
+            for f in record.header["files"]:
+                if f["how"] == "inline":
+                    shas.append(hashlib.sha256(_payload(record, offset, f["size"])).hexdigest())
+                    offset += f["size"]
+            record.header["_inline_shas"] = shas
+            out[record.rid] = shas
         return out
 
-    def _store_bytes(self, record: Record,
-                     inline: list[tuple[str, bytes]]) -> dict[str, Any]:
-        """Store every file's bytes; returns what ``complete_in`` needs. ``inline``: the
-        inline files' (sha, bytes), already pinned by the caller; a staged file is pinned once
-        hashed."""
+    def _store_bytes(self, record: Record) -> dict[str, Any]:
+        """Store every file's bytes; returns what ``complete_in`` needs. Inline shas were
+        pinned by the caller; a staged file is pinned once hashed."""
         from clearml_hooks.store import ingest
         from clearml_hooks.store.staging import SourceChanged, StagedReader
 
@@ -195,11 +182,14 @@ class Processor:
         catalog = self.store.catalog
         blobs = self._blobs(h.get("dest"))
         stored: list[tuple[str, str, int]] = []
-        inline_files = iter(inline)
+        offset = 0
+        inline_shas = iter(h.get("_inline_shas") or [])
         for f in h["files"]:
             rel = f["rel"]
             if f["how"] == "inline":
-                sha, data = next(inline_files)
+                data = _payload(record, offset, f["size"])
+                offset += f["size"]
+                sha = next(inline_shas, None) or hashlib.sha256(data).hexdigest()
                 if not blobs.exists(sha):
                     got, _ = blobs.store_stream(io.BytesIO(data))
                     if got != sha:  # cannot happen: the bytes are in memory

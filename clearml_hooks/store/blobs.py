@@ -38,7 +38,7 @@ class BlobStore(Protocol):
 
     def exists(self, sha: str) -> bool: ...
 
-    def store_stream(self, fileobj: BinaryIO) -> tuple[str, int]: ...
+    def store_stream(self, fileobj: BinaryIO, expect: str | None = None) -> tuple[str, int]: ...
 
     def put(self, local_path: str, sha: str, *, move: bool) -> None: ...
 
@@ -132,9 +132,10 @@ class LocalBlobStore:
     def exists(self, sha: str) -> bool:
         return os.path.exists(self.path_for(sha))
 
-    def store_stream(self, fileobj: BinaryIO) -> tuple[str, int]:
-        """Read ``fileobj`` once, hashing while writing a temp; rename it to its sha's key."""
-        return self._store(fileobj, None)
+    def store_stream(self, fileobj: BinaryIO, expect: str | None = None) -> tuple[str, int]:
+        """Read ``fileobj`` once, hashing while writing a temp; rename it to its sha's key.
+        With ``expect``, bytes that hash to anything else raise BlobMismatch, nothing stored."""
+        return self._store(fileobj, expect)
 
     def _store(self, fileobj: BinaryIO, expect: str | None) -> tuple[str, int]:
         tmp = os.path.join(self.root, temp_name())
@@ -341,9 +342,10 @@ class FsspecBlobStore:
     def exists(self, sha: str) -> bool:
         return self.fs.exists(self._path(sha))
 
-    def store_stream(self, fileobj: BinaryIO) -> tuple[str, int]:
-        """Upload ``fileobj`` once to a temp key while hashing; server-side copy it to its key."""
-        return self._store(fileobj, None)
+    def store_stream(self, fileobj: BinaryIO, expect: str | None = None) -> tuple[str, int]:
+        """Upload ``fileobj`` once to a temp key while hashing; server-side copy it to its key.
+        With ``expect``, bytes that hash to anything else raise BlobMismatch, nothing stored."""
+        return self._store(fileobj, expect)
 
     def _store(self, fileobj: BinaryIO, expect: str | None) -> tuple[str, int]:
         tmp = f"{self.root}/{INCOMING}/{temp_name('up')}"

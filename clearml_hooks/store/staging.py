@@ -217,12 +217,34 @@ class StagedReader:
             raise SourceChanged(self.changed_reason())
         return f
 
-    def check(self, f) -> None:
-        """After reading: raise SourceChanged if a linked file was written meanwhile."""
-        if self.entry.get("how") != "link" or f.name.endswith(PRIVATE_SUFFIX):
-            return
-        if identity(os.fstat(f.fileno())) != self.entry["id"]:
-            raise SourceChanged(self.changed_reason())
+    def read(self, consume: Callable[[Any], Any]) -> Any:
+        """``consume(file)`` over the snapshot's bytes; SourceChanged if they changed.
+
+        A hooked save that rewrites the path copies our link to a private file *before* it
+        writes. When that rewrite lands while we read the link (``consume`` returns mixed bytes,
+        or raises on them), the read is redone from the private copy instead of failing a
+        snapshot whose bytes are safe.
+        """
+        with self.open() as src:
+            try:
+                result = consume(src)
+            except Exception:
+                if not self._rewritten(src):
+                    raise
+            else:
+                if not self._rewritten(src):
+                    return result
+        private = self.entry["path"] + PRIVATE_SUFFIX
+        try:
+            src = open(private, "rb", buffering=0)
+        except FileNotFoundError:
+            raise SourceChanged(self.changed_reason()) from None
+        with src:
+            return consume(src)
+
+    def _rewritten(self, f) -> bool:
+        return (self.entry.get("how") == "link" and not f.name.endswith(PRIVATE_SUFFIX)
+                and identity(os.fstat(f.fileno())) != self.entry["id"])
 
     def changed_reason(self) -> str:
         return ("the file was rewritten in place (an open file handle, another program or a "

@@ -9,6 +9,7 @@ thread. ``recover`` finishes the journals of processes that died.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -176,6 +177,7 @@ class Processor:
         """Store every file's bytes; returns what ``complete_in`` needs. Inline shas were
         pinned by the caller; a staged file is pinned once hashed."""
         from clearml_hooks.store import ingest
+        from clearml_hooks.store.blobs import BlobMismatch
         from clearml_hooks.store.staging import SourceChanged, StagedReader
 
         h = record.header
@@ -197,20 +199,17 @@ class Processor:
                 stored.append((rel, sha, len(data)))
                 continue
             reader = StagedReader(f)
-            with reader.open() as src:
-                sha, size = hash_stream(src)
-                reader.check(src)
+            sha, size = reader.read(hash_stream)
             if size != f["size"]:
                 raise SourceChanged(f"{rel}: {f['size']} bytes were saved, {size} found: "
                                     + reader.changed_reason())
             ingest.pin_blob(catalog, sha, h["rid"])
             if not blobs.exists(sha):
                 # copied, never moved: `sync --force` may be reading the same staged file
-                with reader.open() as src:
-                    got, _ = blobs.store_stream(src)
-                    reader.check(src)
-                if got != sha:
-                    raise SourceChanged(f"{rel}: {reader.changed_reason()}")
+                try:
+                    reader.read(functools.partial(blobs.store_stream, expect=sha))
+                except BlobMismatch:
+                    raise SourceChanged(f"{rel}: {reader.changed_reason()}") from None
             stored.append((rel, sha, size))
         if h["kind"] == "file" and len(stored) == 1:
             digest = stored[0][1]

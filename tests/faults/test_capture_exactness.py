@@ -9,6 +9,7 @@ with a reason.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -315,3 +316,36 @@ def test_fifo_refused_and_never_blocks_the_worker(z, tmp_path):
     if 1 in by_it:
         assert by_it[1]["state"] == "failed" and "regular file" in by_it[1]["error"]
     assert_drained(home)
+
+
+# -- 9. hooked rewrites of one path while the worker reads its previous snapshot ------------------
+
+HOOKED_REWRITES = """
+    import random
+    task = Task.init(project_name="faults", task_name="rewrites", output_uri=os.environ["STORE"])
+    task.capturer.start(delay=0)           # the worker runs from the first save on
+    rng = random.Random(int(os.environ["SEED"]))
+    for i in range(1, 25):
+        task.set_last_iteration(i)
+        torch.save(state(i, 32.0), "best.pt")   # same size each time, rewritten in place
+        time.sleep(rng.uniform(0.05, 0.4))      # lands anywhere in the worker's read
+    emit(flushed=task.flush(wait_for_uploads=True, timeout=120), stats=task.capture_stats)
+"""
+
+
+def test_hooked_rewrites_during_the_workers_read_are_all_stored(z, tmp_path):
+    """ModelCheckpoint(save_best_only) rewrites one file every epoch: each hooked rewrite
+    copies the pending snapshot first, so none may fail, even when the worker was halfway
+    through reading the old inode when the rewrite began."""
+    home, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    proc = z.run(write_script(tmp_path, HOOKED_REWRITES), env_for(home, STORE=str(home),
+                                                                   SEED="11"), work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert events(proc.stdout)[-1]["flushed"] is True
+    assert events(proc.stdout)[-1]["stats"].get("private_copies", 0) > 0  # rewrites of pending
+    snaps = _ready_or_failed(home)
+    assert len(snaps) == 24
+    assert [s["error"] for s in snaps if s["state"] != "ready"] == []
+    assert_drained(home)
+    shutil.rmtree(tmp_path)  # 768 MB of blobs

@@ -20,13 +20,16 @@ def _modules_after(code: str) -> set[str]:
 def test_import_pulls_in_no_framework():
     loaded = _modules_after("import clearml_hooks; from clearml_hooks import Task, Model")
     assert not loaded & set(FRAMEWORKS)
+    assert "alembic" not in loaded  # imported only to upgrade an older catalog
 
 
 def test_task_init_pulls_in_no_framework(tmp_path):
-    loaded = _modules_after(
-        f"from clearml_hooks import Task; Task.init(project_name='p', task_name='t', "
-        f"output_uri={str(tmp_path)!r})")
-    assert not loaded & set(FRAMEWORKS)
+    code = (f"from clearml_hooks import Task; Task.init(project_name='p', task_name='t', "
+            f"output_uri={str(tmp_path)!r}).close()")
+    for _ in range(2):  # a new store, then the same store again
+        loaded = _modules_after(code)
+        assert not loaded & set(FRAMEWORKS)
+        assert "alembic" not in loaded
 
 
 def test_python_dash_m_runs_the_cli():

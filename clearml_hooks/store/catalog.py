@@ -19,8 +19,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
+from clearml_hooks.store import migrations
 from clearml_hooks.store import schema as s
 
 _NO_LOCK = contextlib.nullcontext()
@@ -128,30 +129,15 @@ class SqlCatalog:
             yield conn
 
     def _create_schema(self) -> None:
+        """Bring the catalog to this code's schema revision (one query when it already is)."""
         if self.is_sqlite:
             path = self.url.split("///", 1)[-1]
             if path and path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        for attempt in range(5):
-            try:
-                with self.write() as conn:
-                    s.metadata.create_all(conn, checkfirst=True)
-                    _create_missing_indexes(conn)
-                    row = conn.execute(select(s.info.c.value).where(s.info.c.key == "schema")).first()
-                    if row is None:
-                        conn.execute(s.info.insert().values(key="schema", value=str(s.SCHEMA_VERSION)))
-                    elif int(row[0]) > s.SCHEMA_VERSION:
-                        raise CatalogError(
-                            f"the catalog at {self.url} has schema {row[0]}, newer than this "
-                            f"clearml-hooks understands ({s.SCHEMA_VERSION}): upgrade clearml-hooks"
-                        )
-                return
-            except IntegrityError:
-                time.sleep(0.1)  # another process created it at the same moment
-            except OperationalError as exc:
-                if "already exists" not in str(exc) or attempt == 4:
-                    raise
-                time.sleep(0.1)
+        try:
+            migrations.ensure_schema(self)
+        except migrations.SchemaTooNew as exc:
+            raise CatalogError(str(exc)) from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -311,15 +297,3 @@ class SqlCatalog:
                 .where(s.models.c.id == model_id)).mappings().first()
             return dict(row) if row else None
 
-
-def _create_missing_indexes(conn: Connection) -> None:
-    """``create_all`` skips tables that exist; indexes added in a later release are created
-    here, so an older catalog gets them (new tables come from ``create_all`` itself)."""
-    from sqlalchemy import inspect
-
-    inspector = inspect(conn)
-    for table in s.metadata.sorted_tables:
-        existing = {ix["name"] for ix in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in existing:
-                index.create(conn, checkfirst=True)

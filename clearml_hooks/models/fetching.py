@@ -3,10 +3,8 @@ and weights registered by URL (local paths as they are, remote files downloaded)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import shutil
 import threading
 from typing import Any
 
@@ -114,29 +112,6 @@ def fetch_url(store: Store, uri: str, force: bool) -> str:
         if not os.path.exists(path):
             raise ValueError(f"the model's file {path} does not exist")
         return path
-    from clearml_hooks.store.blobs import open_fs, temp_name
-    from clearml_hooks.store.safe_paths import safe_name
+    from clearml_hooks.models.downloads import cached_download
 
-    name = safe_name(uri.split("?", 1)[0])
-    folder = os.path.join(store.cache_dir, "remote", hashlib.sha256(uri.encode()).hexdigest()[:32])
-    target = os.path.join(folder, name)
-    if os.path.exists(target) and not force:
-        return target
-    os.makedirs(folder, exist_ok=True)
-    fs, remote = open_fs(uri)  # bounded timeouts
-    tmp = os.path.join(folder, temp_name(".fetch"))
-    try:
-        if fs.isdir(remote):
-            fs.get(remote.rstrip("/") + "/", tmp, recursive=True)
-        else:
-            fs.get_file(remote, tmp)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.unlink(tmp)
-    return target
-
+    return cached_download(store.cache_dir, uri, force)

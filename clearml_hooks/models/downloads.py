@@ -1,0 +1,179 @@
+"""Weights registered by a remote URL (http(s)://, s3://, ...): downloaded once into the model
+cache through fsspec, with a progress bar, then re-verified locally on every later use.
+
+Registering a URL never touches it (as in ClearML); the first ``get_local_copy`` downloads it.
+The download is hashed and recorded in a sidecar (``CacheRecord``), so a later use trusts the
+cached copy while it is unchanged (size, mtime, ctime, inode), re-hashes it if it changed, and
+downloads again only if its bytes differ: no request at all on a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from typing import Any
+from urllib.parse import urlsplit
+
+from fsspec.callbacks import Callback
+
+log = logging.getLogger("clearml_hooks")
+
+HTTP_CONNECT_TIMEOUT = 15.0  # seconds to open a connection to the server
+HTTP_READ_TIMEOUT = 120.0  # seconds without a byte from the server mid-download
+HTTP_SCHEMES = ("http", "https")
+
+
+def is_http(uri: str) -> bool:
+    return uri.split("://", 1)[0].lower() in HTTP_SCHEMES
+
+
+def cached_download(cache_dir: str, uri: str, force: bool) -> str:
+    """A verified local copy of the remote file (or folder) at ``uri`` in ``cache_dir``."""
+    from clearml_hooks.store.blobs import temp_name
+    from clearml_hooks.store.cache_records import CacheRecord
+    from clearml_hooks.store.safe_paths import safe_name
+
+    name = safe_name(uri.split("?", 1)[0])
+    folder = os.path.join(cache_dir, "remote", hashlib.sha256(uri.encode()).hexdigest()[:32])
+    target = os.path.join(folder, name)
+    record = CacheRecord(folder + ".verified")
+    if not force and (os.path.isdir(target) or _still_verified(record, name, uri, target)):
+        return target
+    from clearml_hooks.store.blobs import sha256_of
+    from clearml_hooks.store.cache_records import stamp
+
+    fs, remote = _remote_fs(uri)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, temp_name(".fetch"))
+    sha: str | None = None
+    size = 0
+    try:
+        if not is_http(uri) and _explained(uri, fs.isdir, remote):  # http has no folders
+            _explained(uri, fs.get, remote.rstrip("/") + "/", tmp, recursive=True)
+        else:
+            _download_file(fs, remote, tmp, uri)
+            sha, size = sha256_of(tmp)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.unlink(target)
+        os.replace(tmp, target)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.unlink(tmp)
+    if sha is None:
+        record.forget(name)
+    else:
+        record.set(name, {"url": uri, "sha256": sha, "size": size, "stamp": stamp(target)})
+    record.save()
+    return target
+
+
+def _still_verified(record: Any, key: str, uri: str, target: str) -> bool:
+    """The cached copy is the one downloaded from ``uri``: unchanged since, or re-hashed now."""
+    from clearml_hooks.store.blobs import sha256_of
+    from clearml_hooks.store.cache_records import stamp
+
+    entry = record.get(key)
+    if not isinstance(entry, dict) or entry.get("url") != uri or not entry.get("sha256"):
+        return False
+    if record.trusted(key, entry["sha256"], target):
+        return True
+    before = stamp(target)
+    if before is None or before[0] != entry.get("size"):
+        return False
+    got, _ = sha256_of(target)
+    if got != entry["sha256"] or stamp(target) != before:
+        return False
+    record.set(key, {**entry, "stamp": before})
+    record.save()
+    return True
+
+
+def _remote_fs(uri: str) -> tuple[Any, str]:
+    """An fsspec filesystem for ``uri``, every call bounded by timeouts."""
+    if not is_http(uri):
+        from clearml_hooks.store.blobs import open_fs
+
+        return _explained(uri, open_fs, uri)
+    try:
+        import aiohttp
+    except ImportError:
+        raise ValueError(f"downloading {uri} needs aiohttp, which is not installed: "
+                         "pip install 'clearml-hooks[http]'") from None
+    import fsspec
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=HTTP_CONNECT_TIMEOUT,
+                                    sock_read=HTTP_READ_TIMEOUT)
+    return fsspec.filesystem("http", client_kwargs={"timeout": timeout}), uri
+
+
+def _download_file(fs: Any, remote: str, tmp: str, uri: str) -> None:
+    """One streamed GET (or the store's read) into ``tmp``, with a progress bar on a terminal."""
+    log.info("clearml-hooks: downloading %s", uri)
+    with _Progress(os.path.basename(urlsplit(uri).path) or uri) as progress:
+        _explained(uri, fs.get_file, remote, tmp, callback=progress)
+
+
+def _explained(uri: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args)``; a failure becomes a ``ValueError`` saying what was wrong and what to do."""
+    try:
+        return call(*args, **kwargs)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(_explain(uri, exc)) from exc
+
+
+def _explain(uri: str, exc: BaseException) -> str:
+    host = urlsplit(uri).hostname or uri
+    again = ("; fix the URL, or register the weights again at a reachable one "
+             "(update_weights(register_uri=...) or InputModel.import_model)")
+    status = getattr(exc, "status", None)
+    if isinstance(exc, FileNotFoundError) or status == 404:
+        return f"the model's weights are not at {uri} (not found{', HTTP 404' if is_http(uri) else ''})" + again
+    if isinstance(status, int):
+        reason = getattr(exc, "message", "") or ""
+        hint = (" (check access: credentials, or a signed URL that expired)"
+                if status in (401, 403) else "")
+        return f"{host} refused the download of {uri}: HTTP {status} {reason}".rstrip() + hint + again
+    if isinstance(exc, (TimeoutError, ConnectionError, OSError)) or "Connect" in type(exc).__name__:
+        return (f"cannot reach {host} to download {uri}: {type(exc).__name__}: {exc}; check the "
+                "URL and that this machine can reach the server (network, proxy, VPN, firewall)")
+    return f"could not download {uri}: {type(exc).__name__}: {exc}"
+
+
+class _Progress(Callback):
+    """An fsspec callback drawing a rich progress bar on stderr (nothing when not a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        console = Console(stderr=True)
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                             TransferSpeedColumn(), TimeRemainingColumn(), console=console,
+                             transient=True, disable=not console.is_terminal)
+        self._task = self._bar.add_task(f"downloading {label}", total=None)
+
+    def __enter__(self) -> _Progress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.stop()
+
+    def call(self, *args: Any, **kwargs: Any) -> None:
+        self._bar.update(self._task, total=self.size, completed=self.value)

@@ -91,6 +91,13 @@ class TaskRegistryMixin:
         """
         from clearml_hooks.models import OutputModel, _normalize_url
 
+        path = os.fspath(model_path)
+        remote = "://" in path and not path.startswith("file://")
+        # bad input is refused before a model is created: nothing is left behind without weights
+        url = _normalize_url(path) if remote else None
+        if not remote and not os.path.exists(os.path.abspath(path.removeprefix("file://"))):
+            raise ValueError(f"model_path {path} does not exist: pass a saved file or folder, "
+                             "or the URL of weights stored elsewhere")
         registry_name = model_name or (f"{self.name} - {name}" if name else self.name)
         model = self._output_model_named(name, registry_name)
         if model is None:
@@ -102,9 +109,8 @@ class TaskRegistryMixin:
             if comment is not None:
                 model.comment = comment
         model.connect(self, name=name)  # type: ignore[arg-type]
-        path = os.fspath(model_path)
-        if "://" in path and not path.startswith("file://"):
-            return model.update_weights(register_uri=_normalize_url(path), iteration=iteration)
+        if url is not None:
+            return model.update_weights(register_uri=url, iteration=iteration)
         return model.update_weights(weights_filename=path.removeprefix("file://"),
                                     iteration=iteration, auto_delete_file=auto_delete_file,
                                     async_enable=async_enable)

@@ -85,24 +85,6 @@ def _when(ts: float | None) -> str:
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
-
-
-def _model_dict(row: dict) -> dict:
-    return {
-        "id": row["id"], "name": row["name"], "project": row.get("project"),
-        "framework": row["framework"], "tags": json.loads(row["tags"]),
-        "system_tags": json.loads(row["system_tags"]), "published": bool(row["published"]),
-        "archived": bool(row["archived"]), "ready": bool(row["ready"]),
-        "iteration": row["iteration"], "url": row["uri"], "task": row["task_id"],
-        "parent": row["parent_id"], "origin": row["origin"], "comment": row["comment"],
-        "created": _iso(row["created"]), "updated": _iso(row["updated"]),
-    }
-
-
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
@@ -153,7 +135,7 @@ def models_list(ctx: click.Context, project, name, tags, published, archived, fr
                 limit, offset, order_by, as_json) -> None:
     """Models, most recently updated first."""
     from clearml_hooks.frameworks import canonical_framework
-    from clearml_hooks.store import model_ops
+    from clearml_hooks.store import model_ops, model_view
 
     meta = {}
     for item in metadata:
@@ -166,8 +148,10 @@ def models_list(ctx: click.Context, project, name, tags, published, archived, fr
         only_published=published, include_archived=archived, max_results=limit, metadata=meta,
         framework=canonical_framework(framework) if framework else None, order_by=order_by,
         offset=offset)
+    # the UI's rows and JSON (with version counts and task names), in the query's order
+    rows = model_view.model_rows(_store(ctx).catalog, [r["id"] for r in rows])
     if as_json:
-        _echo_json([_model_dict(r) for r in rows])
+        _echo_json([model_view.model_json(r) for r in rows])
         return
     from rich.table import Table
 
@@ -191,23 +175,24 @@ def models_list(ctx: click.Context, project, name, tags, published, archived, fr
 @_errors
 def models_show(ctx: click.Context, model_id: str, as_json: bool) -> None:
     """Everything about one model: fields, metadata, labels, snapshots, tasks."""
-    from clearml_hooks.store import model_ops
+    from clearml_hooks.store import model_metrics, model_ops, model_view
 
     store = _store(ctx)
-    row = model_ops.get_row(store.catalog, model_id)
-    info = _model_dict(row)
+    rows = model_view.model_rows(store.catalog, [model_id])
+    if not rows:
+        raise model_ops.UnknownModel(model_id)
+    row = rows[0]
+    info = model_view.model_json(row)
     info["labels"] = json.loads(row["labels"])
     info["config_text"] = row["config_text"]
     info["metadata"] = model_ops.get_metadata(store.catalog, model_id)
     info["snapshots"] = [
         {"version": s["version"], "iteration": s["iteration"], "state": s["state"],
-         "size": s["size"], "digest": s["digest"], "created": _iso(s["created"]),
+         "size": s["size"], "digest": s["digest"], "created": model_view.iso(s["created"]),
          "error": s["error"]} for s in store.catalog.snapshots_of(model_id)]
-    from clearml_hooks import model_reporting
-
     info["scalars"] = [{k: r[k] for k in ("title", "series", "iteration", "last", "min", "max")}
-                       for r in model_reporting.last_scalars(store.catalog, model_id)]
-    info["single_values"] = model_reporting.single_values(store.catalog, model_id)
+                       for r in model_metrics.last_scalars(store.catalog, model_id)]
+    info["single_values"] = model_metrics.single_values(store.catalog, model_id)
     if as_json:
         _echo_json(info)
         return
@@ -245,7 +230,7 @@ def models_show(ctx: click.Context, model_id: str, as_json: bool) -> None:
             scalars.add_row(r["title"], r["series"], str(r["iteration"]),
                             *(f"{r[k]:.6g}" for k in ("last", "min", "max")))
         for name, value in info["single_values"].items():
-            scalars.add_row(model_reporting.SUMMARY_TITLE, name, "", f"{value:.6g}", "", "")
+            scalars.add_row(model_metrics.SUMMARY_TITLE, name, "", f"{value:.6g}", "", "")
         console.print(scalars)
 
 
@@ -341,22 +326,14 @@ def tasks() -> None:
 @_errors
 def tasks_list(ctx: click.Context, project: str | None, limit: int | None, as_json: bool) -> None:
     """Tasks, newest first, with how many models each wrote and read."""
-    from sqlalchemy import func, select
-
-    from clearml_hooks.store import schema as s
+    from clearml_hooks.store import model_view
 
     store = _store(ctx)
     rows = store.catalog.list_tasks(project=project, limit=limit)
-    counts: dict[tuple[str, str], int] = {}
-    if rows:
-        with store.catalog.read() as conn:
-            for task_id, direction, n in conn.execute(
-                    select(s.task_models.c.task_id, s.task_models.c.direction, func.count())
-                    .where(s.task_models.c.task_id.in_([r["id"] for r in rows]))
-                    .group_by(s.task_models.c.task_id, s.task_models.c.direction)):
-                counts[(task_id, direction)] = n
+    counts = model_view.task_model_counts(store.catalog, [r["id"] for r in rows])
+    iso = model_view.iso
     out = [{"id": r["id"], "project": r["project"], "name": r["name"], "type": r["task_type"],
-            "status": r["status"], "created": _iso(r["created"]), "updated": _iso(r["updated"]),
+            "status": r["status"], "created": iso(r["created"]), "updated": iso(r["updated"]),
             "output_models": counts.get((r["id"], "output"), 0),
             "input_models": counts.get((r["id"], "input"), 0)} for r in rows]
     if as_json:

@@ -29,20 +29,16 @@ import json
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clearml_hooks.plot_figures import as_figure, figure_for
 
-if TYPE_CHECKING:
-    from clearml_hooks.store.catalog import SqlCatalog
-
 SUMMARY_TITLE = "Summary"
 SINGLE_VALUE_ITERATION = -(2**31)  # where ClearML puts single values
+# (both as in store.model_metrics, which writes and reads them; a test checks they agree)
 MAX_NAME = 255
 _MIN_ITER, _MAX_ITER = -(2**63), 2**63 - 1
 _MODES = ("group", "stack", "relative")
-
-_upserts: dict[tuple[str, bool], Any] = {}
 
 
 class SeriesInfo:
@@ -247,160 +243,12 @@ def _series_list(series: Any) -> list[dict]:
     return out
 
 
-# -- writing ---------------------------------------------------------------------------------------
+def _metrics():
+    """The store's metric queries, imported on first use (``import clearml_hooks`` stays free
+    of SQLAlchemy)."""
+    from clearml_hooks.store import model_metrics
 
-def _upsert(catalog: SqlCatalog, table: Any, columns: tuple[str, ...]) -> Any:
-    """The prepared INSERT ... ON CONFLICT (key) DO UPDATE for this dialect (built once)."""
-    from clearml_hooks.store import schema as s  # noqa: F401  (loads the tables)
-
-    key = (table.name, catalog.is_sqlite)
-    stmt = _upserts.get(key)
-    if stmt is None:
-        if catalog.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        ins = insert(table)
-        stmt = _upserts[key] = ins.on_conflict_do_update(
-            index_elements=[table.c.model_id, table.c.title, table.c.series, table.c.iteration],
-            set_={c: ins.excluded[c] for c in columns})
-    return stmt
-
-
-def _write(catalog: SqlCatalog, table: Any, model_id: str, row: dict, columns: tuple[str, ...]) -> None:
-    from sqlalchemy.exc import IntegrityError
-
-    from clearml_hooks.store import model_ops
-    from clearml_hooks.store.catalog import now
-
-    row["model_id"] = model_id
-    row["created"] = now()
-    try:
-        with catalog.write() as conn:
-            conn.execute(_upsert(catalog, table, columns), row)
-    except IntegrityError:  # the foreign key: the model is gone
-        raise model_ops.UnknownModel(model_id) from None
-
-
-def add_scalar(catalog: SqlCatalog, model_id: str, title: str, series: str, value: float,
-               iteration: int) -> None:
-    """Store one checked scalar point (replacing the same point reported before)."""
-    from clearml_hooks.store import schema as s
-
-    _write(catalog, s.model_scalars, model_id,
-           {"title": title, "series": series, "iteration": iteration,
-            "value": value if not math.isnan(value) else None}, ("value", "created"))
-
-
-def add_plot(catalog: SqlCatalog, model_id: str, title: str, series: str, iteration: int,
-             kind: str, data: dict) -> None:
-    from clearml_hooks.store import schema as s
-
-    try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"plot {title!r} cannot be stored as JSON: {exc}") from exc
-    _write(catalog, s.model_plots, model_id,
-           {"title": title, "series": series, "iteration": iteration, "kind": kind, "data": text},
-           ("kind", "data", "created"))
-
-
-# -- reading ---------------------------------------------------------------------------------------
-
-def _value(v: float | None) -> float:
-    return float("nan") if v is None else v
-
-
-def _is_single():
-    from sqlalchemy import and_
-
-    from clearml_hooks.store import schema as s
-
-    t = s.model_scalars.c
-    return and_(t.title == SUMMARY_TITLE, t.iteration == SINGLE_VALUE_ITERATION)
-
-
-def scalar_rows(catalog: SqlCatalog, model_id: str, max_samples: int = 0) -> list[tuple]:
-    """Every scalar point but single values, by title, series, iteration: (title, series,
-    iteration, value, created) tuples (100k points: tuples read ~3x faster than mappings).
-
-    ``max_samples`` > 0: a series longer than that is averaged in the database over
-    ``max_samples`` equal ranges of its iterations (NaN ignored, all-NaN stays NaN), each at its
-    first iteration, as ClearML's server does; a chart of 10 x 10k points then reads 10 x
-    ``max_samples`` rows, not 100k.
-    """
-    from sqlalchemy import case, func, not_, select
-
-    from clearml_hooks.store import schema as s
-
-    t = s.model_scalars.c
-    if not max_samples:
-        q = (select(t.title, t.series, t.iteration, t.value, t.created)
-             .where(t.model_id == model_id, not_(_is_single()))
-             .order_by(t.title, t.series, t.iteration))
-    else:
-        from sqlalchemy import and_
-
-        stats = (select(t.title, t.series, func.min(t.iteration).label("lo"),
-                        func.max(t.iteration).label("hi"), func.count().label("n"))
-                 .where(t.model_id == model_id, not_(_is_single()))
-                 .group_by(t.title, t.series).subquery())
-        span = stats.c.hi - stats.c.lo + 1
-        window = case((stats.c.n <= max_samples, t.iteration),
-                      else_=((t.iteration - stats.c.lo + 1) * max_samples - 1) // span)
-        q = (select(t.title, t.series, func.min(t.iteration), func.avg(t.value),
-                    func.min(t.created))
-             .select_from(stats.join(s.model_scalars, and_(
-                 t.model_id == model_id, t.title == stats.c.title, t.series == stats.c.series)))
-             .group_by(t.title, t.series, window)
-             .order_by(t.title, t.series, func.min(t.iteration)))
-    with catalog.read() as conn:
-        return [tuple(r) for r in conn.execute(q).all()]
-
-
-def single_values(catalog: SqlCatalog, model_id: str) -> dict[str, float]:
-    from sqlalchemy import select
-
-    from clearml_hooks.store import schema as s
-
-    t = s.model_scalars.c
-    q = select(t.series, t.value).where(t.model_id == model_id, _is_single()).order_by(t.series)
-    with catalog.read() as conn:
-        return {r[0]: _value(r[1]) for r in conn.execute(q)}
-
-
-def last_scalars(catalog: SqlCatalog, model_id: str) -> list[dict]:
-    """Per scalar series (single values excluded): title, series, iteration (the latest), last,
-    min, max and count; one query."""
-    from sqlalchemy import and_, func, not_, select
-
-    from clearml_hooks.store import schema as s
-
-    t = s.model_scalars
-    agg = (select(t.c.title, t.c.series, func.max(t.c.iteration).label("iteration"),
-                  func.min(t.c.value).label("min"), func.max(t.c.value).label("max"),
-                  func.count().label("count"))
-           .where(t.c.model_id == model_id, not_(_is_single()))
-           .group_by(t.c.title, t.c.series).subquery())
-    q = (select(agg, t.c.value.label("last"))
-         .join(t, and_(t.c.model_id == model_id, t.c.title == agg.c.title,
-                       t.c.series == agg.c.series, t.c.iteration == agg.c.iteration))
-         .order_by(agg.c.title, agg.c.series))
-    with catalog.read() as conn:
-        return [{**r, "last": _value(r["last"]), "min": _value(r["min"]), "max": _value(r["max"])}
-                for r in (dict(m) for m in conn.execute(q).mappings())]
-
-
-def plot_rows(catalog: SqlCatalog, model_id: str) -> list[dict]:
-    from sqlalchemy import select
-
-    from clearml_hooks.store import schema as s
-
-    t = s.model_plots.c
-    q = (select(t.title, t.series, t.iteration, t.kind, t.data, t.created)
-         .where(t.model_id == model_id).order_by(t.iteration, t.title, t.series))
-    with catalog.read() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
+    return model_metrics
 
 
 # -- the mixin ------------------------------------------------------------------------------------
@@ -421,13 +269,13 @@ class ModelReporting:
         title = _name(title, "title")
         series = _name(series, "series", allow_empty=True)
         value = _number(value)
-        add_scalar(self._store.catalog, self._id, title, series, value, _iteration(iteration))
+        _metrics().add_scalar(self._store.catalog, self._id, title, series, value, _iteration(iteration))
 
     def report_single_value(self, name: str, value: float) -> None:
         """A single value metric (final accuracy, mAP); the last one reported under a name wins."""
         name = _name(name, "name")
         value = _number(value)
-        add_scalar(self._store.catalog, self._id, SUMMARY_TITLE, name, value,
+        _metrics().add_scalar(self._store.catalog, self._id, SUMMARY_TITLE, name, value,
                    SINGLE_VALUE_ITERATION)
 
     # -- plots ------------------------------------------------------------------------------------
@@ -437,7 +285,7 @@ class ModelReporting:
         title = _name(title, "title")
         series = _name(series, "series", allow_empty=True)
         iteration = _iteration(iteration, default=0)
-        add_plot(self._store.catalog, self._id, title, series, iteration, kind,
+        _metrics().add_plot(self._store.catalog, self._id, title, series, iteration, kind,
                  figure_for(kind, title, series, data))
 
     def report_histogram(self, title: str, series: str, values: Sequence[float],
@@ -580,7 +428,7 @@ class ModelReporting:
         out: dict[str, dict[str, dict[str, list]]] = {}
         entry: dict[str, list] = {}
         key = None
-        for title, series, iteration, value, created in scalar_rows(
+        for title, series, iteration, value, created in _metrics().scalar_rows(
                 self._store.catalog, self._id, max_samples):
             if (title, series) != key:  # rows come grouped by (title, series)
                 key = (title, series)
@@ -605,14 +453,14 @@ class ModelReporting:
         """``{title: {series: {"last": v, "min": v, "max": v}}}``; "last" is the value at the
         highest iteration. As ClearML's ``Task.get_last_scalar_metrics``."""
         out: dict[str, dict[str, dict[str, float]]] = {}
-        for r in last_scalars(self._store.catalog, self._id):
+        for r in _metrics().last_scalars(self._store.catalog, self._id):
             out.setdefault(r["title"], {})[r["series"]] = {
                 "last": r["last"], "min": r["min"], "max": r["max"]}
         return out
 
     def get_reported_single_values(self) -> dict[str, float]:
         """``{name: value}`` of every single value reported on the model."""
-        return single_values(self._store.catalog, self._id)
+        return _metrics().single_values(self._store.catalog, self._id)
 
     def get_reported_single_value(self, name: str) -> float | None:
         return self.get_reported_single_values().get(name)
@@ -623,7 +471,7 @@ class ModelReporting:
         of ClearML's ``Task.get_reported_plots`` (``plot_str``: the plotly figure as JSON) plus
         the figure as a dict. ``max_iterations`` keeps only the plots of the latest that many
         iterations."""
-        rows = plot_rows(self._store.catalog, self._id)
+        rows = _metrics().plot_rows(self._store.catalog, self._id)
         if max_iterations is not None:
             if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) \
                     or max_iterations < 1:

@@ -37,3 +37,26 @@ def test_python_dash_m_runs_the_cli():
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "models" in out.stdout
+
+
+def test_all_sql_lives_in_the_store():
+    """SQLAlchemy and Alembic are imported only under clearml_hooks/store/ (DESIGN: the store
+    holds all SQL; the layers above call its functions)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "clearml_hooks"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n.split(".")[0] in ("sqlalchemy", "alembic") for n in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []

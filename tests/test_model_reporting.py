@@ -331,3 +331,11 @@ def test_reports_on_postgres(team_store):
         assert Model.remove(m.id)
         assert _count(task.store, s.model_scalars, m.id) == 0
         assert _count(task.store, s.model_plots, m.id) == 0
+
+
+def test_the_sdk_and_the_store_agree_on_single_values():
+    from clearml_hooks import model_reporting
+    from clearml_hooks.store import model_metrics
+
+    assert model_reporting.SUMMARY_TITLE == model_metrics.SUMMARY_TITLE
+    assert model_reporting.SINGLE_VALUE_ITERATION == model_metrics.SINGLE_VALUE_ITERATION

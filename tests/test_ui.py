@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from clearml_hooks import Model, OutputModel, Task
-from clearml_hooks.model_reporting import add_plot
+from clearml_hooks.store.model_metrics import add_plot
 from tests.conftest import REPO
 
 EVIL = "<script>alert('x')</script>"

@@ -9,10 +9,10 @@ import uuid
 import pytest
 from sqlalchemy import select, text
 
-from clearml_hooks.model_reporting import add_scalar
 from clearml_hooks.store import model_metrics, model_ops
 from clearml_hooks.store import schema as s
 from clearml_hooks.store.catalog import SqlCatalog
+from clearml_hooks.store.model_metrics import add_scalar
 from clearml_hooks.store.model_table import (
     TableError,
     TableQuery,
@@ -145,6 +145,7 @@ def test_an_older_catalog_gets_the_index_back_filled(catalog):
                 conn.execute(text(f"DROP FUNCTION model_scalars_{function}() CASCADE"))
         conn.execute(text("DROP TABLE model_metric_last"))
         conn.execute(text("DROP TABLE model_scalar_buckets"))
+        conn.execute(text("DROP TABLE alembic_version"))  # from before schema migrations
     reopened = SqlCatalog(catalog.url)
     try:
         assert names(reopened, sort="metric.loss/val") == ["a", "b"]

@@ -150,25 +150,33 @@ def model_detail(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
     return info
 
 
+def task_model_counts(catalog: SqlCatalog, task_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+    """How many models each task wrote and read: ``{(task_id, "output"|"input"): n}``."""
+    if not task_ids:
+        return {}
+    tm = s.task_models
+    with catalog.read() as conn:
+        return {(task_id, direction): n for task_id, direction, n in conn.execute(
+            select(tm.c.task_id, tm.c.direction, func.count())
+            .where(tm.c.task_id.in_(list(task_ids)))
+            .group_by(tm.c.task_id, tm.c.direction))}
+
+
 def list_tasks(catalog: SqlCatalog, project: str | None, limit: int,
                offset: int) -> tuple[list[dict], bool]:
     """(tasks of one page, newest first, with their model counts; whether there is more)."""
-    t, p, tm = s.tasks, s.projects, s.task_models
+    t, p = s.tasks, s.projects
     q = (select(t, p.c.name.label("project")).select_from(t.join(p, p.c.id == t.c.project_id))
          .order_by(t.c.created.desc(), t.c.id.desc()).limit(limit + 1).offset(offset))
     if project:
         q = q.where(p.c.name == project)
     with catalog.read() as conn:
         rows = [dict(r) for r in conn.execute(q).mappings()]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        by_id = {r["id"]: r for r in rows}
-        if rows:
-            for task_id, direction, n in conn.execute(
-                    select(tm.c.task_id, tm.c.direction, func.count())
-                    .where(tm.c.task_id.in_(list(by_id)))
-                    .group_by(tm.c.task_id, tm.c.direction)):
-                by_id[task_id][f"{direction}_models"] = n
+    more = len(rows) > limit
+    rows = rows[:limit]
+    by_id = {r["id"]: r for r in rows}
+    for (task_id, direction), n in task_model_counts(catalog, list(by_id)).items():
+        by_id[task_id][f"{direction}_models"] = n
     return [task_json(r) for r in rows], more
 
 

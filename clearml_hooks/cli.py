@@ -175,24 +175,9 @@ def models_list(ctx: click.Context, project, name, tags, published, archived, fr
 @_errors
 def models_show(ctx: click.Context, model_id: str, as_json: bool) -> None:
     """Everything about one model: fields, metadata, labels, snapshots, tasks."""
-    from clearml_hooks.store import model_metrics, model_ops, model_view
+    from clearml_hooks.store import model_metrics, model_view
 
-    store = _store(ctx)
-    rows = model_view.model_rows(store.catalog, [model_id])
-    if not rows:
-        raise model_ops.UnknownModel(model_id)
-    row = rows[0]
-    info = model_view.model_json(row)
-    info["labels"] = json.loads(row["labels"])
-    info["config_text"] = row["config_text"]
-    info["metadata"] = model_ops.get_metadata(store.catalog, model_id)
-    info["snapshots"] = [
-        {"version": s["version"], "iteration": s["iteration"], "state": s["state"],
-         "size": s["size"], "digest": s["digest"], "created": model_view.iso(s["created"]),
-         "error": s["error"]} for s in store.catalog.snapshots_of(model_id)]
-    info["scalars"] = [{k: r[k] for k in ("title", "series", "iteration", "last", "min", "max")}
-                       for r in model_metrics.last_scalars(store.catalog, model_id)]
-    info["single_values"] = model_metrics.single_values(store.catalog, model_id)
+    info = model_view.model_summary(_store(ctx).catalog, model_id)
     if as_json:
         _echo_json(info)
         return
@@ -412,24 +397,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Snapshots waiting in local journals, and the bytes held in staging."""
     from clearml_hooks.config import Settings
     from clearml_hooks.store import store_for
-    from clearml_hooks.store.journal import describe
+    from clearml_hooks.store.pending import pending_report
 
     settings = Settings.resolve(home=ctx.find_root().obj.get("home"))
     _require_home(settings.home)
     store = store_for(settings)
-    journals = describe(store.journal_roots)
-    staged = _tree_bytes(store.staging_root)
-    rows = []
-    for j in journals:
-        snaps = [r for r in j.pending if r.header.get("t") == "snap"]
-        rows.append({"owner": j.owner, "alive": j.alive, "pending_snapshots": len(snaps),
-                     "pending_records": len(j.pending), "journal_bytes": j.size,
-                     "snapshots": [{"id": r.rid, "source": r.header.get("src"),
-                                    "error": r.header.get("error")} for r in snaps]})
-    pending = sum(r["pending_snapshots"] for r in rows)
+    report = pending_report(store.journal_roots, store.staging_root)
     if as_json:
-        _echo_json({"pending_snapshots": pending, "staging_bytes": staged, "journals": rows})
+        _echo_json(report)
         return
+    rows, pending, staged = report["journals"], report["pending_snapshots"], report["staging_bytes"]
     click.echo(f"{pending} snapshot(s) pending in {len(rows)} journal(s); "
                f"{staged / 2**20:.1f} MiB in staging ({store.staging_root})")
     for r in rows:
@@ -439,17 +416,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
         for snap in r["snapshots"]:
             click.echo(f"    {snap['id']} {snap['source']}"
                        + (f" [{snap['error']}]" if snap["error"] else ""))
-
-
-def _tree_bytes(root: str) -> int:
-    total = 0
-    for folder, _dirs, names in os.walk(root):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 @cli.command()

@@ -1,5 +1,6 @@
 """What the model page, the compare page and the task pages read: one model with its versions,
-files and lineage; tasks with their model counts. SQL lives here so the UI only renders.
+files and lineage; tasks with their model counts. The CLI's ``models list/show`` and ``tasks
+list`` use the same functions, so both print one JSON shape. SQL lives here; they only render.
 
 Every function returns plain JSON-ready dicts (times as ISO strings), which the JSON API returns
 as they are and the templates render.
@@ -14,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from clearml_hooks.store import model_metrics, model_ops
 from clearml_hooks.store import schema as s
 from clearml_hooks.store.catalog import SqlCatalog
 from clearml_hooks.store.model_ops import UnknownModel
@@ -147,6 +149,27 @@ def model_detail(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
         "parent": parent,
         "children": children,
     }
+    return info
+
+
+def model_summary(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
+    """One model for ``clearml-hooks models show``: its fields, labels, metadata, snapshots and
+    the latest value of each scalar series. ``UnknownModel`` for an unknown id."""
+    rows = model_rows(catalog, [model_id])
+    if not rows:
+        raise UnknownModel(model_id)
+    row = rows[0]
+    info = model_json(row)
+    info["labels"] = json.loads(row["labels"])
+    info["config_text"] = row["config_text"]
+    info["metadata"] = model_ops.get_metadata(catalog, model_id)
+    info["snapshots"] = [
+        {"version": x["version"], "iteration": x["iteration"], "state": x["state"],
+         "size": x["size"], "digest": x["digest"], "created": iso(x["created"]),
+         "error": x["error"]} for x in catalog.snapshots_of(model_id)]
+    info["scalars"] = [{k: r[k] for k in ("title", "series", "iteration", "last", "min", "max")}
+                       for r in model_metrics.last_scalars(catalog, model_id)]
+    info["single_values"] = model_metrics.single_values(catalog, model_id)
     return info
 
 

@@ -316,11 +316,9 @@ def tasks_list(ctx: click.Context, project: str | None, limit: int | None, as_js
     store = _store(ctx)
     rows = store.catalog.list_tasks(project=project, limit=limit)
     counts = model_view.task_model_counts(store.catalog, [r["id"] for r in rows])
-    iso = model_view.iso
-    out = [{"id": r["id"], "project": r["project"], "name": r["name"], "type": r["task_type"],
-            "status": r["status"], "created": iso(r["created"]), "updated": iso(r["updated"]),
-            "output_models": counts.get((r["id"], "output"), 0),
-            "input_models": counts.get((r["id"], "input"), 0)} for r in rows]
+    out = [model_view.task_json({**r, "output_models": counts.get((r["id"], "output"), 0),
+                                 "input_models": counts.get((r["id"], "input"), 0)})
+           for r in rows]
     if as_json:
         _echo_json(out)
         return

@@ -57,15 +57,15 @@ class TaskRegistryMixin:
     # -- labels -----------------------------------------------------------------------------------
 
     def connect_label_enumeration(self, enumeration: Mapping[str, int]) -> dict[str, int]:
-        """Set the task's label enumeration (``{label: int}``); output models created later
-        without their own labels take it."""
+        """Set the task's label enumeration (``{label: int}``). Output models created later
+        without their own labels take it, and so do the models this task captures: those
+        saved later, and those saved already whose labels were not set on the model itself."""
         from clearml_hooks.models import _validate_labels
+        from clearml_hooks.store.task_labels import set_task_labels
 
         labels = _validate_labels(enumeration)
         self.wait_registered()
-        import json
-
-        self.store.catalog.update_task(self.id, labels=json.dumps(labels))
+        set_task_labels(self.store.catalog, self.id, labels)
         return labels
 
     set_model_label_enumeration = connect_label_enumeration

@@ -196,7 +196,7 @@ def test_dataloader_workers_do_not_capture(tmp_path):
         list(DataLoader(Saving(), num_workers=2, multiprocessing_context="fork"))
         torch.save({{"main": 1}}, {str(tmp_path / 'main.pt')!r})
         task.flush(wait_for_uploads=True)
-        print(sorted(m.name for m in task.models["output"]))
+        print(sorted(m.source.rsplit("/", 1)[-1] for m in task.models["output"]))
     """))
     out = run_script(script)
     assert out.returncode == 0, out.stderr
@@ -293,7 +293,7 @@ def test_forked_child_captures_when_configured(tmp_path):
             Task.current_task().flush(wait_for_uploads=True)
             os._exit(0)
         os.waitpid(pid, 0)
-        print(sorted(m.name for m in task.models["output"]))
+        print(sorted(m.source.rsplit("/", 1)[-1] for m in task.models["output"]))
     """))
     out = run_script(script, env={"CLEARML_HOOKS_CAPTURE_IN_WORKERS": "1"})
     assert out.returncode == 0, out.stderr
@@ -342,7 +342,7 @@ def test_forked_ddp_rank_zero_captures_and_other_ranks_do_not(tmp_path):
             task = Task.init(project_name="p", task_name="ddp-fork", output_uri={str(store)!r})
             mp.start_processes(run, args=(sys.argv[1],), nprocs=2, start_method="fork")
             task.flush(wait_for_uploads=True)
-            print(sorted(m.name for m in task.models["output"]))
+            print(sorted(m.source.rsplit("/", 1)[-1] for m in task.models["output"]))
     """))
     import socket
 

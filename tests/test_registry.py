@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 import pickle
 import sys
 import textwrap
@@ -60,7 +61,7 @@ def test_only_outermost_call_is_captured(fake, tmp_path):
     fakefw, task = fake
     fakefw.outer_write(b"nested", str(tmp_path / "n.bin"))
     task.flush(wait_for_uploads=True)
-    assert [m.name for m in task.models["output"]] == ["n.bin"]
+    assert [os.path.basename(m.source) for m in task.models["output"]] == ["n.bin"]
     assert task.capture_stats["saves"] == 1
 
 
@@ -195,7 +196,7 @@ def test_framework_whose_first_import_failed_is_patched_later(tmp_path, store_di
         assert flakyfw.save is sys.modules["flakyfw.io"].save
         flakyfw.save(b"x", str(tmp_path / "f.bin"))
         task.flush(wait_for_uploads=True)
-        assert [m.name for m in task.models["output"]] == ["f.bin"]
+        assert [os.path.basename(m.source) for m in task.models["output"]] == ["f.bin"]
     finally:
         task.close()
         sys.path.remove(str(tmp_path))

@@ -83,7 +83,8 @@ def _one_task(store: Path) -> dict:
 
 
 def _outputs(store: Path, task_id: str) -> list[str]:
-    return sorted(m["name"] for m in _listed(store, "models") if m["task"] == task_id)
+    return sorted(os.path.basename(m["source"]) for m in _listed(store, "models")
+                  if m["task"] == task_id)
 
 
 def _script(path: Path, body: str) -> Path:

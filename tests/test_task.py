@@ -7,7 +7,7 @@ import os
 import pytest
 
 from clearml_hooks import Task
-from clearml_hooks.hooks.selection import FRAMEWORK_KEYS
+from clearml_hooks.hooks.registry import registry
 
 
 def test_init_returns_open_task_with_identity(store_dir):
@@ -83,7 +83,7 @@ def test_unknown_framework_key_lists_valid_keys(store_dir):
                   output_uri=str(store_dir))
     message = str(info.value)
     assert "'pytorhc'" in message
-    for key in FRAMEWORK_KEYS:
+    for key in registry().framework_keys():  # the bindings' entry points
         assert key in message
 
 
@@ -209,7 +209,7 @@ def test_a_captured_model_saved_after_loading_one_has_it_as_parent(tmp_path):
     for task_row in s.catalog.list_tasks(project="lineage"):
         for link in s.catalog.task_models(task_row["id"]):
             model = Model(link["model_id"], store=s)
-            by_source[(task_row["name"], link["direction"], model.name)] = model
+            by_source[(task_row["name"], link["direction"], os.path.basename(model.source))] = model
     parent = by_source[("pretrain", "output", "base.pt")]
     assert by_source[("finetune", "input", "base.pt")].id == parent.id
     assert by_source[("finetune", "output", "tuned.pt")].parent == parent.id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -21,6 +22,7 @@ from clearml_hooks.store import schema as s
 from clearml_hooks.store.catalog import SqlCatalog, new_id, now
 
 GC_LOCK_KEY = "blob_gc"
+NAME_MAX = 512  # models.name
 
 
 def ingest_task(catalog: SqlCatalog, h: dict[str, Any]) -> None:
@@ -85,20 +87,39 @@ def ingest_snapshot_in(catalog: SqlCatalog, conn: Connection, h: dict[str, Any],
     return values
 
 
+def captured_model_name(task_name: str | None, file_name: str) -> str:
+    """ClearML's name for a model captured from a framework save: ``"<task name> - <file
+    stem>"`` (``WeightsFileHandler.create_output_model``), so ``Model.query_models(model_name=)``
+    written for ClearML finds it. The file name stays on the task link and in ``source``."""
+    stem = PurePath(file_name).stem or file_name
+    name = f"{task_name} - {stem}" if task_name else file_name
+    return name[:NAME_MAX]
+
+
 def _captured_model(catalog: SqlCatalog, conn: Connection, h: dict[str, Any], t: float) -> str:
-    q = select(s.models.c.id).where(s.models.c.task_id == h["task"], s.models.c.source == h["src"])
-    model_id = conn.execute(q).scalar()
-    if model_id is not None:
-        return model_id
-    project_id = conn.execute(select(s.tasks.c.project_id).where(
-        s.tasks.c.id == h["task"])).scalar()
+    """The model of (task, saved path): each save of one path is a new snapshot of it. A new
+    one takes ClearML's name and the task's label enumeration; one without labels of its own
+    takes them later (labels set on the task after its first save)."""
+    m = s.models
+    q = select(m.c.id, m.c.labels, m.c.published).where(
+        m.c.task_id == h["task"], m.c.source == h["src"])
+    found = conn.execute(q).first()
+    task = conn.execute(select(s.tasks.c.project_id, s.tasks.c.name, s.tasks.c.labels).where(
+        s.tasks.c.id == h["task"])).first()
+    labels = (task.labels if task is not None else None) or "{}"
+    if found is not None:
+        if found.labels in (None, "", "{}") and labels != "{}" and not found.published:
+            conn.execute(update(m).where(m.c.id == found.id).values(labels=labels))
+        return found.id
     model_id = new_id()
     try:
         with conn.begin_nested():
-            conn.execute(s.models.insert().values(
-                id=model_id, project_id=project_id, task_id=h["task"], name=h["name"],
+            conn.execute(m.insert().values(
+                id=model_id, project_id=task.project_id if task is not None else None,
+                task_id=h["task"], name=captured_model_name(
+                    task.name if task is not None else None, h["name"]),
                 source=h["src"], origin="captured", framework=h.get("fw"), comment="",
-                tags="[]", system_tags="[]", labels="{}", is_package=h["kind"] != "file",
+                tags="[]", system_tags="[]", labels=labels, is_package=h["kind"] != "file",
                 published=False, archived=False, ready=False, iteration=h.get("it"),
                 parent_id=_only_input(conn, h["task"]), created=t, updated=t))
             conn.execute(s.task_models.insert().values(

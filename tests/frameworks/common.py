@@ -67,8 +67,22 @@ def hooked_loads(task: Task, monkeypatch) -> list[str]:
     return seen
 
 
+def file_name(model: Model) -> str:
+    """The saved file's (or folder's) name, as a user sees it: the end of the model's source
+    path (an imported model's URL). A captured model's name is ClearML's ``"<task name> -
+    <file stem>"``."""
+    where = model.source or model.url or ""
+    return os.path.basename(where.rstrip("/"))
+
+
+def captured_name(task_name: str, file: str | Path) -> str:
+    """ClearML's name for a model captured from a save of ``file`` in task ``task_name``."""
+    return f"{task_name} - {Path(file).stem}"
+
+
 def only(models: list[Model], framework: str, name: str) -> Model:
-    assert [m.name for m in models] == [name]
+    """The only model is of ``framework`` and saved as (or loaded from) file ``name``."""
+    assert [file_name(m) for m in models] == [name]
     assert models[0].framework == framework
     return models[0]
 
@@ -86,7 +100,8 @@ def assert_one_output(task: Task, path: Path, framework: str, *, file_url: bool 
     save), as ``framework``, with exactly its bytes; ``file_url``: stored under a file:// URL;
     ``one_snapshot``: it has exactly one snapshot."""
     out = outputs(task)
-    assert [m.name for m in out] == [path.name]
+    assert [file_name(m) for m in out] == [path.name]
+    assert out[0].name == captured_name(task.name, path)
     m = out[0]
     assert m.framework == framework
     assert m.source == str(path)
@@ -131,7 +146,7 @@ def same_weights(a, b, equal: Callable[[object, object], bool]) -> bool:
 
 def script_models(store_dir: Path, project: str, *,
                   query_sees_outputs: bool = False) -> dict[tuple[str, str], Model]:
-    """(direction, name) -> model, for the one task a training script ran in ``project``;
+    """(direction, file name) -> model, for the one task a training script ran in ``project``;
     ``query_sees_outputs``: also assert that the registry's query API finds exactly its outputs
     (when every load is of a model the script wrote)."""
     store = store_for(Settings.resolve(home=str(store_dir)))
@@ -139,7 +154,7 @@ def script_models(store_dir: Path, project: str, *,
     models = {}
     for link in store.catalog.task_models(task_row["id"]):
         model = Model(link["model_id"], store=store)
-        models[link["direction"], model.name] = model
+        models[link["direction"], file_name(model)] = model
     if query_sees_outputs:
         queried = Model.query_models(project_name=project, store=store)
         assert {m.id for m in queried} == {m.id for (d, _), m in models.items() if d == "output"}

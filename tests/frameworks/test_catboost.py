@@ -16,7 +16,14 @@ import pytest
 from catboost import CatBoost, CatBoostClassifier, CatBoostError, CatBoostRanker, CatBoostRegressor
 
 from tests.frameworks import common
-from tests.frameworks.common import hooked_loads, inputs, outputs, run_training_script, stored_bytes
+from tests.frameworks.common import (
+    file_name,
+    hooked_loads,
+    inputs,
+    outputs,
+    run_training_script,
+    stored_bytes,
+)
 
 ORIGINAL_SAVE = catboost.core.CatBoost.__dict__["save_model"]
 ORIGINAL_LOAD = catboost.core.CatBoost.__dict__["load_model"]
@@ -106,7 +113,7 @@ def test_load_model_registers_an_input(tmp_path, classifier, fmt):
     model = CatBoostClassifier()
     assert model.load_model(path, format=fmt) is model  # CatBoost's return value: self
     [inp] = inputs(task)
-    assert (inp.name, inp.framework) == (path.name, "CatBoost")
+    assert (file_name(inp), inp.framework) == (path.name, "CatBoost")
 
 
 def test_load_from_a_named_stream_and_from_a_blob(tmp_path, classifier, monkeypatch):
@@ -119,7 +126,7 @@ def test_load_from_a_named_stream_and_from_a_blob(tmp_path, classifier, monkeypa
     from_blob = CatBoostClassifier().load_model(blob=path.read_bytes())  # in memory: not a file
     np.testing.assert_array_equal(from_stream.predict(X), from_blob.predict(X))
     assert loads == [str(path)]
-    assert [m.name for m in inputs(task)] == ["model.cbm"]
+    assert [file_name(m) for m in inputs(task)] == ["model.cbm"]
 
 
 def test_fit_from_an_init_model_file_is_one_load(tmp_path, classifier, monkeypatch):

@@ -21,7 +21,7 @@ import torch
 from fastai.learner import Learner
 
 from tests.frameworks import common
-from tests.frameworks.common import inputs, outputs, run_training_script, stored_bytes
+from tests.frameworks.common import file_name, inputs, outputs, run_training_script, stored_bytes
 
 ORIGINAL = {name: Learner.__dict__[name] for name in ("save", "load", "export")}
 ORIGINAL_LOAD_LEARNER = fastai.learner.load_learner
@@ -96,7 +96,7 @@ def test_learner_load_registers_an_input_model(tmp_path):
     assert same_weights(other.model, learn.model)
     [inp] = inputs(task)
     assert inp.framework == "FastAI"
-    assert inp.name == "pretrained.pth"
+    assert file_name(inp) == "pretrained.pth"
     assert outputs(task) == []
 
 
@@ -160,7 +160,7 @@ def test_load_learner_from_named_file_object(tmp_path):
     with open(tmp_path / "export.pkl", "rb") as f:
         assert isinstance(fastai.learner.load_learner(f), Learner)
     [inp] = inputs(task)
-    assert inp.name == "export.pkl"
+    assert file_name(inp) == "export.pkl"
     assert inp.framework == "FastAI"
 
 
@@ -179,7 +179,7 @@ def test_wildcard_filter(tmp_path):
     save_both(learn)
     out = outputs(task)
     # the filtered-out save is not captured by the PyTorch binding through torch.save either
-    assert [(m.name, m.framework) for m in out] == [("final.pth", "FastAI")]
+    assert [(file_name(m), m.framework) for m in out] == [("final.pth", "FastAI")]
     assert inputs(task) == []
 
 
@@ -187,14 +187,14 @@ def test_pytorch_wildcard_applies_when_fastai_is_not_named(tmp_path):
     learn = make_learner(tmp_path)
     task = start(tmp_path, {"pytorch": "final*"})
     save_both(learn)
-    assert [(m.name, m.framework) for m in outputs(task)] == [("final.pth", "FastAI")]
+    assert [(file_name(m), m.framework) for m in outputs(task)] == [("final.pth", "FastAI")]
 
 
 def test_fastai_key_wins_over_pytorch(tmp_path):
     learn = make_learner(tmp_path)
     task = start(tmp_path, {"pytorch": "nothing*", "fastai": "final*"})
     save_both(learn)
-    assert [m.name for m in outputs(task)] == ["final.pth"]
+    assert [file_name(m) for m in outputs(task)] == ["final.pth"]
 
 
 def test_disabled_fastai_leaves_the_files_to_pytorch(tmp_path):
@@ -202,7 +202,7 @@ def test_disabled_fastai_leaves_the_files_to_pytorch(tmp_path):
     task = start(tmp_path, {"fastai": False})
     assert Learner.__dict__["save"] is ORIGINAL["save"]  # a disabled binding patches nothing
     learn.save("final")
-    assert [(m.name, m.framework) for m in outputs(task)] == [("final.pth", "PyTorch")]
+    assert [(file_name(m), m.framework) for m in outputs(task)] == [("final.pth", "PyTorch")]
 
 
 # -- patching ---------------------------------------------------------------------------------

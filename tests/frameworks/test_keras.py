@@ -24,6 +24,7 @@ from clearml_hooks import Model  # noqa: E402
 from tests.frameworks import common  # noqa: E402
 from tests.frameworks.common import (  # noqa: E402
     assert_stored,
+    file_name,
     inputs,
     outputs,
     run_training_script,
@@ -76,13 +77,13 @@ def test_save_model_spellings_and_load_model(task, model, tmp_path):
     keras.saving.save_model(model, tmp_path / "a.keras")
     keras.models.save_model(model, str(tmp_path / "b.keras"))
     out = outputs(task)
-    assert sorted(m.name for m in out) == ["a.keras", "b.keras"]
+    assert sorted(file_name(m) for m in out) == ["a.keras", "b.keras"]
     assert all(len(m.snapshots) == 1 and m.framework == "Keras" for m in out)
     for load in (keras.saving.load_model, keras.models.load_model):
         loaded = load(str(tmp_path / "a.keras"))
         np.testing.assert_allclose(loaded.predict(X, verbose=0), model.predict(X, verbose=0),
                                    rtol=1e-5)
-    [a] = [m for m in out if m.name == "a.keras"]
+    [a] = [m for m in out if file_name(m) == "a.keras"]
     assert inputs(task) == [a]  # the same file loaded twice is one input
     assert task.capture_stats["loads"] == 1
 
@@ -131,7 +132,7 @@ def test_model_checkpoint_full_and_weights_only(task, model, tmp_path):
                                         save_weights_only=True),
     ]
     model.fit(X, Y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
-    out = {m.name: m for m in outputs(task)}
+    out = {file_name(m): m for m in outputs(task)}
     assert sorted(out) == ["e01.keras", "e02.keras", "e03.keras", "last.weights.h5"]
     for epoch in (1, 2, 3):
         m = out[f"e{epoch:02d}.keras"]
@@ -189,7 +190,7 @@ def test_filters(tmp_path, model, frameworks, expected):
     try:
         model.save(str(tmp_path / "a.keras"))
         model.save(str(tmp_path / "b.h5"))
-        assert sorted(m.name for m in outputs(task)) == expected
+        assert sorted(file_name(m) for m in outputs(task)) == expected
     finally:
         task.close()
 
@@ -197,7 +198,7 @@ def test_filters(tmp_path, model, frameworks, expected):
 def test_torch_saves_next_to_keras_stay_pytorch(task, model, tmp_path):
     model.save(str(tmp_path / "k.keras"))
     torch.save(model.layers[0].kernel.value.detach(), tmp_path / "kernel.pt")
-    frameworks = {m.name: m.framework for m in outputs(task)}
+    frameworks = {file_name(m): m.framework for m in outputs(task)}
     assert frameworks == {"k.keras": "Keras", "kernel.pt": "PyTorch"}
 
 

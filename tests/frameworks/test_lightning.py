@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.frameworks import common
-from tests.frameworks.common import inputs, outputs, run_training_script, stored_bytes
+from tests.frameworks.common import file_name, inputs, outputs, run_training_script, stored_bytes
 
 SPELLINGS = {"lightning.pytorch": lightning.pytorch, "pytorch_lightning": pytorch_lightning}
 ORIGINAL_SAVE = {name: pl.Trainer.__dict__["save_checkpoint"] for name, pl in SPELLINGS.items()}
@@ -107,7 +107,7 @@ def test_model_checkpoint_callback(tmp_path, pl):
     callback = pl.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="{epoch}",
                                             save_top_k=-1, save_last=True)
     fitted(pl, tmp_path, epochs=3, enable_checkpointing=True, callbacks=[callback])
-    models = {m.name: m for m in outputs(task)}
+    models = {file_name(m): m for m in outputs(task)}
     assert set(models) == {"epoch=0.ckpt", "epoch=1.ckpt", "epoch=2.ckpt", "last.ckpt"}
     assert {m.framework for m in models.values()} == {"PyTorch"}
     assert [s["iteration"] for s in models["last.ckpt"].snapshots] == [4, 8, 12]
@@ -124,7 +124,7 @@ def test_async_checkpoint_io_is_captured_once_when_written(tmp_path, pl):
                                             save_top_k=-1)
     fitted(pl, tmp_path, epochs=2, enable_checkpointing=True, callbacks=[callback],
            plugins=[pl.plugins.AsyncCheckpointIO()])
-    models = {m.name: m for m in outputs(task)}
+    models = {file_name(m): m for m in outputs(task)}
     assert set(models) == {"step=4.ckpt", "step=8.ckpt"}
     assert [models[n].snapshots[0]["iteration"] for n in ("step=4.ckpt", "step=8.ckpt")] == [4, 8]
     for name, m in models.items():
@@ -155,7 +155,7 @@ def test_load_from_checkpoint_registers_an_input_model(tmp_path, pl):
     assert same_weights(loaded, model)  # the classmethod's return value, untouched
     [inp] = inputs(task)
     assert inp.framework == "PyTorch"
-    assert inp.name == "pretrained.ckpt"
+    assert file_name(inp) == "pretrained.ckpt"
     assert outputs(task) == []
 
 
@@ -180,7 +180,7 @@ def test_fit_resumes_from_ckpt_path(tmp_path, pl):
     t2.fit(module_class(pl)(), loader(), ckpt_path=str(path))
     assert t2.global_step == 8  # resumed at step 4
     [inp] = inputs(task)
-    assert inp.name == "resume.ckpt"
+    assert file_name(inp) == "resume.ckpt"
     assert inp.framework == "PyTorch"
 
 
@@ -197,21 +197,21 @@ def save_two(pl, tmp_path: Path) -> None:
 def test_wildcard_filter(tmp_path, pl):
     task = start(tmp_path, {"lightning": "final*"})
     save_two(pl, tmp_path)
-    assert [m.name for m in outputs(task)] == ["final.ckpt"]
+    assert [file_name(m) for m in outputs(task)] == ["final.ckpt"]
     assert inputs(task) == []
 
 
 def test_pytorch_wildcard_applies_when_lightning_is_not_named(tmp_path, pl):
     task = start(tmp_path, {"pytorch": "final*"})
     save_two(pl, tmp_path)
-    assert [m.name for m in outputs(task)] == ["final.ckpt"]
+    assert [file_name(m) for m in outputs(task)] == ["final.ckpt"]
 
 
 def test_lightning_key_wins_over_pytorch(tmp_path, pl):
     task = start(tmp_path, {"pytorch": False, "lightning": "scratch*"})
     save_two(pl, tmp_path)
-    assert [m.name for m in outputs(task)] == ["scratch.ckpt"]
-    assert [m.name for m in inputs(task)] == ["scratch.ckpt"]
+    assert [file_name(m) for m in outputs(task)] == ["scratch.ckpt"]
+    assert [file_name(m) for m in inputs(task)] == ["scratch.ckpt"]
 
 
 def test_disabled(tmp_path, pl):

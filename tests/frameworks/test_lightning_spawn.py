@@ -51,8 +51,8 @@ SCRIPT = """
         trainer.fit(Regressor(), data)
         task.flush(wait_for_uploads=True)
         models = task.models
-        print(json.dumps({{"task": task.id, "inputs": [m.name for m in models["input"]],
-                          "outputs": [(m.name, [s["iteration"] for s in m.snapshots])
+        print(json.dumps({{"task": task.id, "inputs": [m.source for m in models["input"]],
+                          "outputs": [(m.name, m.source, [s["iteration"] for s in m.snapshots])
                                       for m in models["output"]]}}))
 """
 
@@ -72,6 +72,7 @@ def test_ddp_spawn_rank_zero_checkpoints_join_the_parent_task(tmp_path):
     # one model, last.ckpt at the trainer's step (2 steps: 32 samples, batches of 8, 2 ranks),
     # captured in the spawned rank 0; the file in which Lightning hands rank 0's weights to the
     # main process (.temp.ckpt) is not a model, saved or loaded
-    assert result["outputs"] == [["last.ckpt", [2]]], result
+    ckpt = str(tmp_path / "ckpts" / "last.ckpt")
+    assert result["outputs"] == [["ddp-spawn - last", ckpt, [2]]], result
     assert result["inputs"] == [], result
     assert os.path.exists(tmp_path / "ckpts" / "last.ckpt")

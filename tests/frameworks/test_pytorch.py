@@ -15,6 +15,7 @@ import torch
 
 from clearml_hooks import Model, Task
 from tests.conftest import REPO, run_script
+from tests.frameworks.common import file_name
 
 
 def _stored_bytes(model: Model) -> bytes:
@@ -37,7 +38,7 @@ def test_save_and_load_each_target_kind(task, tmp_path, spelling):
     assert torch.equal(loaded["w"], state["w"])
     task.flush(wait_for_uploads=True)
     (out,) = task.models["output"]
-    assert out.framework == "PyTorch" and out.name == "weights.pt"
+    assert out.framework == "PyTorch" and file_name(out) == "weights.pt"
     assert out.source == str(path)
     assert _stored_bytes(out) == path.read_bytes()
     assert [m.id for m in task.models["input"]] == [out.id]
@@ -49,7 +50,7 @@ def test_torchscript_save_and_load(task, tmp_path):
     torch.jit.load(str(tmp_path / "m.ts"))
     task.flush(wait_for_uploads=True)
     (out,) = task.models["output"]
-    assert out.name == "m.ts" and out.framework == "PyTorch"
+    assert file_name(out) == "m.ts" and out.framework == "PyTorch"
     assert _stored_bytes(out) == (tmp_path / "m.ts").read_bytes()
     assert task.models["input"][0].id == out.id
     assert torch.jit.save is torch.jit._serialization.save
@@ -89,7 +90,7 @@ def test_wildcard_on_base_name(store_dir, tmp_path):
         torch.save({}, tmp_path / "epoch1.pt")
         torch.save({}, tmp_path / "final-model.pt")
         task.flush(wait_for_uploads=True)
-        assert [m.name for m in task.models["output"]] == ["final-model.pt"]
+        assert [file_name(m) for m in task.models["output"]] == ["final-model.pt"]
 
 
 def test_wildcard_with_slash_matches_end_of_path(store_dir, tmp_path):
@@ -139,7 +140,7 @@ def test_load_of_unknown_file_registers_an_imported_model(task, tmp_path):
     torch.load(path)
     task.flush(wait_for_uploads=True)
     (model,) = task.models["input"]
-    assert model.name == "pretrained.pt" and model.framework == "PyTorch"
+    assert file_name(model) == "pretrained.pt" and model.framework == "PyTorch"
     assert model.url == "file://" + str(path) and model.task is None
     assert task.models["output"] == []
 
@@ -162,8 +163,13 @@ def test_training_script_end_to_end(tmp_path):
         [sys.executable, "-m", "clearml_hooks", "--home", str(store), "models", "list", "--json"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert listing.returncode == 0, listing.stderr
-    models = {m["name"]: m for m in json.loads(listing.stdout)}
+    listed = json.loads(listing.stdout)
+    models = {os.path.basename(m["source"]): m for m in listed}
     assert set(models) == {"last.pt", "final.pt", "final.ts"}
+    # ClearML's names: "<task name> - <file stem>" (final.pt and final.ts share one)
+    task_name = models["last.pt"]["task_name"]
+    assert sorted(m["name"] for m in listed) == [f"{task_name} - {stem}"
+                                                for stem in ("final", "final", "last")]
     assert all(m["framework"] == "PyTorch" for m in models.values())
     ckpt = Model(models["last.pt"]["id"], store=_store(store))
     assert [s["iteration"] for s in ckpt.snapshots] == [0, 1, 2]

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 
 from clearml_hooks.store import events
 from clearml_hooks.store import schema as s
-from clearml_hooks.store.catalog import new_id, now
+from clearml_hooks.store.catalog import now
 
 if TYPE_CHECKING:
     from clearml_hooks.store.catalog import SqlCatalog
@@ -524,40 +524,6 @@ def find_by_uri(catalog: SqlCatalog, uri: str, include_archived: bool = False) -
         q = q.where(s.models.c.archived == false())
     with catalog.read() as conn:
         return conn.execute(q.order_by(s.models.c.created.desc()).limit(1)).scalar()
-
-
-def journal_weights(catalog: SqlCatalog, model_id: str, *, kind: str, staging: str,
-                    files: Sequence[tuple[str, int]], iteration: int | None, owner: str,
-                    source_path: str | None, source_size: int | None = None,
-                    source_mtime_ns: int | None = None, framework_guess: str | None = None,
-                    is_package: bool | None = None) -> str:
-    """A pending snapshot of an existing (unpublished) model; the pipeline finishes it.
-
-    ``framework_guess`` is set only when the model has no framework yet.
-    """
-    t = now()
-    with catalog.write() as conn:
-        row = _require(conn, model_id)
-        if row["published"]:
-            raise ModelPublished(f"model {model_id} is published: its weights cannot be updated")
-        version = (conn.execute(select(func.max(s.snapshots.c.version)).where(
-            s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
-        snapshot_id = new_id()
-        conn.execute(s.snapshots.insert().values(
-            id=snapshot_id, model_id=model_id, version=version, iteration=iteration,
-            state="pending", kind=kind, source_path=source_path, source_size=source_size,
-            source_mtime_ns=source_mtime_ns, staging=staging, owner=owner, created=t))
-        if files:
-            conn.execute(s.snapshot_files.insert(), [
-                {"snapshot_id": snapshot_id, "relpath": rel, "size": size} for rel, size in files])
-        values: dict[str, Any] = {"updated": t, "iteration": iteration}
-        if framework_guess and not row["framework"]:
-            values["framework"] = framework_guess
-        if is_package is not None and bool(row["is_package"]) != is_package:
-            values["is_package"] = is_package
-            values["system_tags"] = json.dumps(_set_system_tag(conn, row, PACKAGE_TAG, is_package))
-        conn.execute(update(s.models).where(s.models.c.id == model_id).values(**values))
-        return snapshot_id
 
 
 def task_inputs(catalog: SqlCatalog, task_id: str) -> list[tuple[str, str | None]]:

@@ -22,26 +22,3 @@ def current_owner() -> str:
     started = start_time(os.getpid()) or str(int(time.time()))
     host = "".join(c if c.isalnum() or c in "._" else "_" for c in HOST) or "host"
     return f"{host}-{os.getpid()}-{started}"
-
-
-def owner_alive(owner: str | None) -> bool:
-    """Is the process of a legacy ``host:pid:start`` owner still running? Unknown hosts: yes."""
-    if not owner:
-        return False
-    try:
-        host, pid_text, start = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != HOST:
-        return True
-    started = start_time(pid)
-    if started is not None:
-        return started == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not os.path.exists("/proc/self")

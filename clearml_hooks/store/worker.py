@@ -117,8 +117,9 @@ class Processor:
                 outcomes[record.rid] = "done"
         finished: list[tuple[str, Any]] = []  # (rid, completion kwargs | failure reason)
         pending = [(r, row) for r, row in snaps if row["state"] == "pending"]
-        inline = self._inline_shas([r for r, _ in pending if not r.header.get("error")])
-        ingest.pin_blobs(catalog, [(sha, rid) for rid, shas in inline.items() for sha in shas])
+        inline = self._inline_files([r for r, _ in pending if not r.header.get("error")])
+        ingest.pin_blobs(catalog, [(sha, rid) for rid, files in inline.items()
+                                   if not isinstance(files, Exception) for sha, _ in files])
         for record, row in snaps:
             h = record.header
             if row["state"] != "pending":
@@ -127,7 +128,10 @@ class Processor:
                 finished.append((record.rid, h["error"]))
             else:
                 try:
-                    finished.append((record.rid, self._store_bytes(record)))
+                    files = inline.get(record.rid, [])
+                    if isinstance(files, Exception):
+                        raise files
+                    finished.append((record.rid, self._store_bytes(record, files)))
                 except SourceChanged as exc:
                     finished.append((record.rid, str(exc)))
         if finished:
@@ -159,23 +163,32 @@ class Processor:
             blobs = self._dest_blobs[dest] = open_blob_store(dest)
         return blobs
 
-    def _inline_shas(self, records: list[Record]) -> dict[str, list[str]]:
-        """sha256 of every inline file, per snapshot (pinned together in one transaction)."""
-        out: dict[str, list[str]] = {}
+    def _inline_files(self, records: list[Record]) -> dict[str, Any]:
+        """(sha256, bytes) of every inline file, per snapshot, read once (pinned together in
+        one transaction); a snapshot whose journal bytes are unreadable maps to its error."""
+        from clearml_hooks.store.staging import SourceChanged
+
+        out: dict[str, Any] = {}
         for record in records:
             offset = 0
-            shas = []
-            for f in record.header["files"]:
-                if f["how"] == "inline":
-                    shas.append(hashlib.sha256(_payload(record, offset, f["size"])).hexdigest())
-                    offset += f["size"]
-            record.header["_inline_shas"] = shas
-            out[record.rid] = shas
+            files = []
+            try:
+                for f in record.header["files"]:
+                    if f["how"] == "inline":
+                        data = _payload(record, offset, f["size"])
+                        offset += f["size"]
+                        files.append((hashlib.sha256(data).hexdigest(), data))
+            except SourceChanged as exc:
+                out[record.rid] = exc
+                continue
+            out[record.rid] = files
         return out
 
-    def _store_bytes(self, record: Record) -> dict[str, Any]:
-        """Store every file's bytes; returns what ``complete_in`` needs. Inline shas were
-        pinned by the caller; a staged file is pinned once hashed."""
+    def _store_bytes(self, record: Record,
+                     inline: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Store every file's bytes; returns what ``complete_in`` needs. ``inline``: the
+        inline files' (sha, bytes), already pinned by the caller; a staged file is pinned once
+        hashed."""
         from clearml_hooks.store import ingest
         from clearml_hooks.store.blobs import BlobMismatch
         from clearml_hooks.store.staging import SourceChanged, StagedReader
@@ -184,14 +197,11 @@ class Processor:
         catalog = self.store.catalog
         blobs = self._blobs(h.get("dest"))
         stored: list[tuple[str, str, int]] = []
-        offset = 0
-        inline_shas = iter(h.get("_inline_shas") or [])
+        inline_files = iter(inline)
         for f in h["files"]:
             rel = f["rel"]
             if f["how"] == "inline":
-                data = _payload(record, offset, f["size"])
-                offset += f["size"]
-                sha = next(inline_shas, None) or hashlib.sha256(data).hexdigest()
+                sha, data = next(inline_files)
                 if not blobs.exists(sha):
                     got, _ = blobs.store_stream(io.BytesIO(data))
                     if got != sha:  # cannot happen: the bytes are in memory
@@ -390,21 +400,40 @@ class Worker:
 
     def _next_batch(self) -> list:
         """The next record, plus those that follow it closely: a burst of saves is taken in
-        one go once it pauses (``QUIET`` s), so the worker does not interleave with it."""
+        one go once it pauses (``QUIET`` s), so the worker does not interleave with it.
+
+        While gathering, the thread sleeps and then takes what arrived, instead of waiting on
+        the queue: a waiting thread would be woken by every save of the burst and take the GIL
+        from the training thread each time; this way it wakes once per ``QUIET``.
+        """
         batch = [self._queue.get()]
         if isinstance(batch[0], RecoverJob):
             return batch
         deadline = time.monotonic() + MAX_GATHER
         while len(batch) < MAX_BATCH and time.monotonic() < deadline:
+            time.sleep(QUIET)
+            arrived, recovery = self._take_arrived(MAX_BATCH - len(batch))
+            batch.extend(arrived)
+            if recovery or not arrived:
+                break
+        return batch
+
+    def _take_arrived(self, limit: int) -> tuple[list, bool]:
+        """Records queued so far (at most ``limit``), and whether a recovery job was among
+        them (it goes back to the queue, to run after this batch)."""
+        arrived: list = []
+        recovery = False
+        while len(arrived) < limit:
             try:
-                record = self._queue.get(timeout=QUIET)
+                record = self._queue.get_nowait()
             except queue.Empty:
                 break
             if isinstance(record, RecoverJob):
                 self._queue.put(record)
+                recovery = True
                 break
-            batch.append(record)
-        return batch
+            arrived.append(record)
+        return arrived, recovery
 
     def _run(self, generation: int) -> None:
         _lower_priority()

@@ -39,3 +39,30 @@ def test_a_malformed_record_fails_alone_and_the_others_are_stored(tmp_path):
     assert failed["state"] == "failed" and "KeyError" in failed["error"]
     assert store.catalog.snapshot(good["rid"])["state"] == "ready"
     assert describe(str(store_dir / "journal")) == []  # resolved, so removed
+
+
+def test_an_inline_record_shorter_than_its_files_fails_alone(tmp_path):
+    """A record whose inline payload is shorter than the sizes its header lists (a damaged
+    journal) fails with that reason; the good snapshot of the same batch is stored."""
+    store_dir = tmp_path / "store"
+    script = tmp_path / "offline.py"
+    script.write_text(textwrap.dedent(f"""
+        from clearml_hooks import Task, OutputModel
+        task = Task.init(project_name="p", task_name="short", output_uri={str(store_dir)!r})
+        open({str(tmp_path / 'w.bin')!r}, "wb").write(b"good bytes")
+        OutputModel(name="good").update_weights({str(tmp_path / 'w.bin')!r})
+    """))
+    out = run_script(script, env={"CLEARML_HOOKS_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    (journal,) = describe(str(store_dir / "journal"))
+    good = next(r.header for r in journal.pending if r.header["t"] == "snap")
+    bad = {**good, "rid": "c" * 32, "files": [{"rel": "x.bin", "size": 50, "how": "inline"}],
+           "n": 5}
+    segment = sorted(Path(journal.path).glob("*.log"))[-1]
+    with open(segment, "ab") as f:
+        f.write(json.dumps(bad).encode() + b"\n" + b"12345")
+    store = store_for(Settings.resolve(home=str(store_dir)))
+    outcomes = {item["rid"]: item["outcome"] for item in recover(store).items}
+    assert outcomes == {good["rid"]: "ready", "c" * 32: "failed"}
+    assert "unreadable" in store.catalog.snapshot("c" * 32)["error"]
+    assert store.catalog.snapshot(good["rid"])["state"] == "ready"

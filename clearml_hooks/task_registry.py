@@ -37,7 +37,7 @@ class TaskRegistryMixin:
             return mutable
         if isinstance(mutable, Model):
             model = mutable if isinstance(mutable, InputModel) else InputModel(
-                mutable.id, store=mutable._store)
+                mutable.id, store=mutable.store)
             model.connect(self, name=name)  # type: ignore[arg-type]
             return mutable
         log.debug("clearml-hooks: Task.connect(%s) records nothing (models only)",
@@ -128,11 +128,6 @@ class TaskRegistryMixin:
             if model_row["origin"] != "manual" or model_row["task_id"] != self.id:
                 continue
             if (name and row["link_name"] == name) or model_row["name"] == registry_name:
-                model = OutputModel.__new__(OutputModel)
-                model._task = self  # type: ignore[assignment]
-                model._store = self.store
-                model._id = row["model_id"]
-                model._link_name = row["link_name"]
-                model._upload_url = None
-                return model
+                return OutputModel.attached(self, row["model_id"],  # type: ignore[arg-type]
+                                            row["link_name"])
         return None

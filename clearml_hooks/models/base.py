@@ -61,6 +61,11 @@ class Model(ModelReporting):
         return self._id
 
     @property
+    def store(self) -> Store:
+        """The store this model is registered in (a model of another store stays in that one)."""
+        return self._store
+
+    @property
     def name(self) -> str:
         return self._row()["name"]
 

@@ -76,6 +76,17 @@ class OutputModel(Model):
         if self._default_output_uri:
             self.set_upload_destination(self._default_output_uri)
 
+    @classmethod
+    def attached(cls, task: Task, model_id: str, link_name: str | None = None) -> OutputModel:
+        """An existing output model of ``task`` (no new row): new weights add snapshots to it."""
+        model = cls.__new__(cls)
+        model._task = task
+        model._store = task.store
+        model._id = model_id
+        model._link_name = link_name
+        model._upload_url = None
+        return model
+
     # -- ClearML's read-write properties --------------------------------------------------------
 
     @Model.config_text.setter  # type: ignore[attr-defined]

@@ -381,6 +381,7 @@ def test_an_older_catalog_gets_indexes_added_later(tmp_path):
     _open(store_dir).wait()
     db = sqlite3.connect(store_dir / "catalog.db")
     db.execute("DROP INDEX ix_models_updated")
+    db.execute("DROP TABLE alembic_version")  # a catalog from before schema migrations
     db.commit()
     db.close()
     from clearml_hooks.store.catalog import SqlCatalog

@@ -32,6 +32,11 @@ from sqlalchemy import (
     select,
 )
 
+revision = "0001_baseline"
+down_revision = None
+branch_labels = None
+depends_on = None
+
 metadata = MetaData()
 
 info = Table(
@@ -344,13 +349,9 @@ event_dead_letters = Table(
 )
 
 
-revision = "0001_baseline"
-down_revision = None
-branch_labels = None
-depends_on = None
-
-
 def upgrade() -> None:
+    """Create what is missing: tables (with their triggers and back-fill), then indexes of
+    tables that already existed, then the ``info`` schema row older releases check."""
     bind = op.get_bind()
     metadata.create_all(bind, checkfirst=True)
     inspector = inspect(bind)

@@ -1,15 +1,23 @@
-"""Settings: ``Task.init`` arguments > ``CLEARML_HOOKS_*`` environment > config file > defaults.
+"""Settings: one reader. ``Task.init`` arguments > ``CLEARML_HOOKS_*`` environment > config file >
+defaults.
 
 Every setting has one name; the environment variable is ``CLEARML_HOOKS_`` + the name in upper
 case, the config file key is the name itself (TOML, ``~/.config/clearml-hooks/config.toml`` or
-``$CLEARML_HOOKS_CONFIG``).
+``$CLEARML_HOOKS_CONFIG``). Every module reads settings through ``get`` (hooks re-read them on
+each use, so the cheap ones stay dict lookups plus one ``stat`` of the config file); ``Settings``
+is the store's snapshot of them, taken once per ``Task.init``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
+ENV_PREFIX = "CLEARML_HOOKS_"
 DEFAULT_EXIT_TIMEOUT = 120.0
 
 # URL schemes of the blob stores this package registers (pyproject entry points); a third
@@ -39,11 +47,106 @@ SETTINGS_DOC: dict[str, str] = {
 }
 
 
-def _truthy(value: Any) -> bool:
+# -- value parsers: each returns the typed value or raises ValueError ---------------------------
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError
 
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    seconds = float(value)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError
+    return seconds
+
+
+def _wait(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError
+    return seconds
+
+
+def _bytes(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(value)
+    if number < 0 or number != int(number):
+        raise ValueError
+    return int(number)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError
+    return os.fspath(value).strip()
+
+
+def _keys(value: Any) -> frozenset[str]:
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple, set, frozenset)) or not all(
+            isinstance(p, str) for p in parts):
+        raise ValueError
+    return frozenset(p.strip().lower() for p in parts if p.strip())
+
+
+def _level(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().upper()
+    if text.isdigit():
+        return int(text)
+    level = logging.getLevelName(text)
+    if not isinstance(level, int):
+        raise ValueError
+    return level
+
+
+class Spec(NamedTuple):
+    parse: Callable[[Any], Any]
+    default: Any
+    expected: str
+
+
+SPECS: dict[str, Spec] = {
+    "home": Spec(_text, None, "a folder"),
+    "catalog_url": Spec(_text, None, "a SQLAlchemy URL (sqlite:///..., postgresql://...)"),
+    "blob_url": Spec(_text, None, "a folder or an fsspec URL (s3://bucket/prefix)"),
+    "exit_timeout": Spec(_wait, DEFAULT_EXIT_TIMEOUT, "a number of seconds (0 or more)"),
+    "offline": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
+    "disabled": Spec(_keys, frozenset(), "comma-separated framework keys, or *"),
+    "strict": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
+    "capture_all_ranks": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
+    "capture_in_workers": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
+    "s3_endpoint_url": Spec(_text, None, "a URL (http://host:port)"),
+    "s3_connect_timeout": Spec(_seconds, 10.0, "a positive number of seconds"),
+    "s3_read_timeout": Spec(_seconds, 20.0, "a positive number of seconds"),
+    "inline_max": Spec(_bytes, 64 << 10, "a whole number of bytes (0 or more)"),
+    "staging_min_free": Spec(_bytes, 1 << 30, "a whole number of bytes (0 or more)"),
+    "journal_fsync": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
+    "job_timeout": Spec(_seconds, 600.0, "a positive number of seconds"),
+    "catalog_timeout": Spec(_seconds, 30.0, "a positive number of seconds"),
+    "log_level": Spec(_level, logging.WARNING, "a logging level (DEBUG, INFO, WARNING, ERROR)"),
+}
+assert set(SPECS) == set(SETTINGS_DOC)
+
+
+# -- sources ----------------------------------------------------------------------------------
 
 def config_file_path() -> str:
     explicit = os.environ.get("CLEARML_HOOKS_CONFIG")
@@ -53,57 +156,157 @@ def config_file_path() -> str:
     return os.path.join(base, "clearml-hooks", "config.toml")
 
 
-def _read_config_file() -> dict[str, Any]:
+_file_cache: tuple[tuple, dict[str, Any]] = ((), {})
+_file_lock = threading.Lock()
+log = logging.getLogger("clearml_hooks")
+
+
+def file_values() -> dict[str, Any]:
+    """The config file's settings, re-read only when the file changes (one ``stat`` a call)."""
+    global _file_cache
     path = config_file_path()
-    if not os.path.isfile(path):
-        return {}
     try:
-        import tomllib  # type: ignore[import-not-found]
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    with open(path, "rb") as f:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    key = (path, st.st_mtime_ns, st.st_size, st.st_ino)
+    cached_key, values = _file_cache
+    # a file changed within the filesystem's timestamp granularity may look unchanged: a
+    # recent one is read again (git's "racy" check)
+    if cached_key == key and time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        return values
+    with _file_lock:
         try:
-            return tomllib.load(f)
+            import tomllib  # type: ignore[import-not-found]
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        except OSError:
+            return {}
         except Exception as exc:
             raise ValueError(f"clearml-hooks config file {path} is not valid TOML: {exc}") from exc
+        unknown = sorted(set(values) - set(SPECS))
+        if unknown:
+            log.warning("clearml-hooks: config file %s: unknown setting(s) %s ignored; known: %s",
+                        path, ", ".join(unknown), ", ".join(SPECS))
+        _file_cache = (key, values)
+        return values
 
 
-def _int_setting(name: str, file_values: dict[str, Any], default: int) -> int:
-    value = lookup(name, file_values, default)
+_task_values: dict[str, Any] = {}
+
+
+def set_task_values(values: Mapping[str, Any] | None) -> None:
+    """The settings given to ``Task.init(settings=...)``: they win over everything else until
+    the task closes (``None``). Raises ``ValueError`` for an unknown name or a bad value."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(SPECS))
+    if unknown:
+        raise ValueError(f"Task.init(settings=...): unknown setting(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(SPECS)}")
+    for name, value in values.items():
+        _parse(name, value, "Task.init(settings=...)")
+    _task_values.clear()
+    _task_values.update(values)
+
+
+def _parse(name: str, raw: Any, where: str) -> Any:
+    spec = SPECS[name]
     try:
-        return int(float(value))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"setting {name} (CLEARML_HOOKS_{name.upper()}) must be a number, "
-                         f"not {value!r}") from exc
+        return spec.parse(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"clearml-hooks setting {name!r} = {raw!r} (from {where}) is not valid: "
+                         f"expected {spec.expected}") from None
+
+
+def source(name: str) -> tuple[Any, str] | None:
+    """The raw value of a setting and where it comes from, or None when it is not set."""
+    if name not in SPECS:
+        raise KeyError(f"unknown clearml-hooks setting {name!r}; known: {', '.join(SPECS)}")
+    if name in _task_values:
+        return _task_values[name], "Task.init(settings=...)"
+    env_name = ENV_PREFIX + name.upper()
+    env = os.environ.get(env_name)
+    if env not in (None, ""):
+        return env, env_name
+    values = file_values()
+    if name in values:
+        return values[name], f"{name} in {config_file_path()}"
+    return None
+
+
+def get(name: str) -> Any:
+    """A setting's typed value: ``Task.init`` > environment > config file > default.
+    A bad value raises ``ValueError`` naming the setting, where it came from and what is
+    expected."""
+    found = source(name)
+    if found is None:
+        return SPECS[name].default
+    return _parse(name, *found)
+
+
+def get_or_default(name: str) -> Any:
+    """``get`` for the hooks' hot path, which must never raise into user code: a bad value
+    was already reported by ``Task.init`` (``validate``), so the default applies here."""
+    try:
+        return get(name)
+    except ValueError:
+        return SPECS[name].default
+
+
+def validate() -> None:
+    """Read every setting now, so a bad one fails ``Task.init`` (not a hook, later)."""
+    for name in SPECS:
+        get(name)
 
 
 def lookup(name: str, file_values: dict[str, Any] | None = None, default: Any = None) -> Any:
-    env = os.environ.get("CLEARML_HOOKS_" + name.upper())
-    if env not in (None, ""):
-        return env
-    if file_values and name in file_values:
-        return file_values[name]
-    return default
+    """Deprecated raw reader kept for callers outside the package: prefer ``get``."""
+    found = source(name)
+    return default if found is None else found[0]
 
+
+# -- logging ----------------------------------------------------------------------------------
+
+_handler: logging.Handler | None = None
+
+
+def apply_log_level() -> None:
+    """Set the ``clearml_hooks`` logger's level from ``log_level`` when it is set (else the
+    application's own logging configuration stays as it is). Below WARNING, with no logging
+    configured by the application, add a stderr handler so the lines are seen."""
+    global _handler
+    if source("log_level") is None:
+        return
+    level = get("log_level")
+    logger = logging.getLogger("clearml_hooks")
+    logger.setLevel(level)
+    if level < logging.WARNING and _handler is None and not logger.handlers \
+            and not logging.getLogger().handlers:
+        _handler = logging.StreamHandler()
+        _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(_handler)
+
+
+# -- the store's snapshot -----------------------------------------------------------------------
 
 class Settings:
-    """Where the store lives and how capture behaves, resolved once per Task.init."""
+    """Where the store lives and how capture behaves, resolved once per ``Task.init``."""
 
     def __init__(self, home: str, catalog_url: str, blob_url: str,
-                 exit_timeout: float = DEFAULT_EXIT_TIMEOUT, offline: bool = False,
-                 extra: dict[str, Any] | None = None) -> None:
-        extra = extra or {}
+                 exit_timeout: float = DEFAULT_EXIT_TIMEOUT, offline: bool = False) -> None:
         self.home = home
         self.catalog_url = catalog_url
         self.blob_url = blob_url
         self.exit_timeout = exit_timeout
         self.offline = offline
-        self.extra = extra
-        self.inline_max = _int_setting("inline_max", extra, 64 << 10)
-        self.staging_min_free = _int_setting("staging_min_free", extra, 1 << 30)
-        self.journal_fsync = _truthy(lookup("journal_fsync", extra, False))
-        self.job_timeout = float(_int_setting("job_timeout", extra, 600))
-        self.catalog_timeout = float(_int_setting("catalog_timeout", extra, 30))
+        self.inline_max: int = get("inline_max")
+        self.staging_min_free: int = get("staging_min_free")
+        self.journal_fsync: bool = get("journal_fsync")
+        self.job_timeout: float = get("job_timeout")
+        self.catalog_timeout: float = get("catalog_timeout")
 
     def __repr__(self) -> str:
         return (f"Settings(home={self.home!r}, catalog_url={self.catalog_url!r}, "
@@ -111,8 +314,9 @@ class Settings:
 
     @classmethod
     def resolve(cls, output_uri: str | None = None, home: str | None = None) -> Settings:
-        """``output_uri``: a folder is the store home; a remote URL is where bytes go."""
-        file_values = _read_config_file()
+        """``output_uri`` (``Task.init``): a folder is the store home; a remote URL is where
+        bytes go. ``home`` (``--home``) wins over every other source."""
+        apply_log_level()
         blob_url = None
         if isinstance(output_uri, bool):  # ClearML's output_uri=True: "the default storage"
             output_uri = None
@@ -122,16 +326,9 @@ class Settings:
                 blob_url = output_uri
             else:
                 home = home or output_uri.removeprefix("file://")
-        home = home or lookup("home", file_values) or os.path.join(
-            os.path.expanduser("~"), ".clearml-hooks")
+        home = home or get("home") or os.path.join(os.path.expanduser("~"), ".clearml-hooks")
         home = os.path.abspath(os.path.expanduser(str(home)))
-        catalog_url = lookup("catalog_url", file_values) or "sqlite:///" + os.path.join(home, "catalog.db")
-        blob_url = blob_url or lookup("blob_url", file_values) or os.path.join(home, "blobs")
-        try:
-            exit_timeout = float(lookup("exit_timeout", file_values, DEFAULT_EXIT_TIMEOUT))
-        except ValueError as exc:
-            raise ValueError("CLEARML_HOOKS_EXIT_TIMEOUT must be a number of seconds") from exc
-        return cls(home=home, catalog_url=str(catalog_url), blob_url=str(blob_url),
-                   exit_timeout=exit_timeout,
-                   offline=_truthy(lookup("offline", file_values, False)),
-                   extra=file_values)
+        catalog_url = get("catalog_url") or "sqlite:///" + os.path.join(home, "catalog.db")
+        blob_url = blob_url or get("blob_url") or os.path.join(home, "blobs")
+        return cls(home=home, catalog_url=catalog_url, blob_url=blob_url,
+                   exit_timeout=get("exit_timeout"), offline=get("offline"))

@@ -11,15 +11,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from clearml_hooks import context
-from clearml_hooks.config import BUILTIN_BLOB_SCHEMES, Settings, lookup
-from clearml_hooks.hooks.selection import FRAMEWORK_KEYS, parse_auto_connect
+from clearml_hooks import config, context
+from clearml_hooks.config import Settings
+from clearml_hooks.hooks.selection import parse_auto_connect
 from clearml_hooks.launch import env as launch_env
 from clearml_hooks.task_compat import TaskCompatMixin
 from clearml_hooks.task_registry import TaskRegistryMixin
+from clearml_hooks.task_view import TaskModels, TaskView, task_models
 
 if TYPE_CHECKING:
     from clearml_hooks.logger import Logger
@@ -28,11 +29,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clearml_hooks")
 
-# ClearML Task.init keywords that do not apply to a model-capture agent: accepted and ignored
+# ClearML Task.init parameters that do not apply to a model-capture agent, with ClearML's
+# defaults: accepted (in ClearML's positions too) and ignored, with a debug line when set
+_IGNORED_INIT_ARGS: dict[str, Any] = {
+    "reuse_last_task_id": True, "continue_last_task": False, "auto_connect_arg_parser": True,
+    "auto_resource_monitoring": True, "auto_connect_streams": True, "deferred_init": False,
+}
+# keywords of other ClearML versions, also accepted and ignored
 _IGNORED_INIT_KWARGS = frozenset({
-    "reuse_last_task_id", "continue_last_task", "auto_connect_arg_parser",
-    "auto_resource_monitoring", "auto_connect_streams", "deferred_init", "output_uri_upload",
-    "report_memory_usage", "reuse_last_task", "auto_connect_tensorboard",
+    *_IGNORED_INIT_ARGS, "output_uri_upload", "report_memory_usage", "reuse_last_task",
+    "auto_connect_tensorboard",
 })
 
 TASK_TYPES = ("training", "testing", "inference", "data_processing", "application", "monitor",
@@ -90,16 +96,34 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
         task_name: str | None = None,
         task_type: str = "training",
         tags: Sequence[str] | None = None,
-        auto_connect_frameworks: bool | dict = True,
-        output_uri: str | None = None,
+        reuse_last_task_id: bool | str = True,
+        continue_last_task: bool | str | int = False,
+        output_uri: str | bool | None = None,
+        auto_connect_arg_parser: bool | Mapping[str, bool] = True,
+        auto_connect_frameworks: bool | Mapping[str, Any] = True,
+        auto_resource_monitoring: bool | Mapping[str, Any] = True,
+        auto_connect_streams: bool | Mapping[str, bool] = True,
+        deferred_init: bool = False,
+        *,
+        settings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Task:
-        """Start a task and capture the models the code saves and loads from now on."""
+        """Start a task and capture the models the code saves and loads from now on.
+
+        The parameters are ClearML's, in ClearML's order; those about experiment tracking
+        (``reuse_last_task_id``, ``auto_connect_arg_parser``, ...) are accepted and ignored.
+        ``settings``: clearml-hooks settings (README "Configuration") for this task; they win
+        over the environment and the config file until the task closes.
+        """
+        given = {"reuse_last_task_id": reuse_last_task_id,
+                 "continue_last_task": continue_last_task,
+                 "auto_connect_arg_parser": auto_connect_arg_parser,
+                 "auto_resource_monitoring": auto_resource_monitoring,
+                 "auto_connect_streams": auto_connect_streams, "deferred_init": deferred_init}
         for key in kwargs:
-            if key in _IGNORED_INIT_KWARGS:
-                log.debug("clearml-hooks: Task.init(%s=...) does not apply here; ignored", key)
-            else:
+            if key not in _IGNORED_INIT_KWARGS:
                 raise TypeError(f"Task.init() got an unexpected keyword argument {key!r}")
+        ignored = [k for k, v in given.items() if v is not _IGNORED_INIT_ARGS[k]] + list(kwargs)
         project = project_name or "default"
         name = task_name or _script_name()
         task_type = getattr(task_type, "value", task_type) or "training"
@@ -118,20 +142,28 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                     "Task.current_task().close() before starting another task "
                     f"({project}/{name})")
             selection = _selection(auto_connect_frameworks)
-            settings = Settings.resolve(output_uri=output_uri)
-            _check_output_uri(output_uri)
+            config.set_task_values(settings)
+            try:
+                config.validate()  # a bad setting fails here, never later in a hook
+                resolved = Settings.resolve(output_uri=output_uri)
+                _check_output_uri(output_uri)
+            except Exception:
+                config.set_task_values(None)
+                raise
+            for key in ignored:  # after the settings, so that log_level applies
+                log.debug("clearml-hooks: Task.init(%s=...) does not apply here; ignored", key)
             from clearml_hooks.store import store_for
             from clearml_hooks.store.capture import Capturer
 
-            store = store_for(settings)
+            store = store_for(resolved)
             task_id = os.urandom(16).hex()
             header = {"t": "task", "task": task_id, "project": project, "name": name,
                       "type": task_type, "tags": list(tags or ()), "ts": time.time(),
                       "host": os.uname().nodename if hasattr(os, "uname") else "",
                       "pid": os.getpid()}
-            capturer = Capturer(store, task_id, offline=settings.offline, task_header=header)
+            capturer = Capturer(store, task_id, offline=resolved.offline, task_header=header)
             task = cls(task_id=task_id, project=project, name=name, task_type=task_type,
-                       tags=tags or (), store=store, capturer=capturer, settings=settings)
+                       tags=tags or (), store=store, capturer=capturer, settings=resolved)
             from clearml_hooks.hooks import process
             from clearml_hooks.hooks.registry import registry
 
@@ -216,13 +248,37 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
         return context.current_task()
 
     @classmethod
-    def get_task(cls, task_id: str) -> TaskRecord:
+    def get_task(cls, task_id: str | None = None, project_name: str | None = None,
+                 task_name: str | None = None, tags: Sequence[str] | None = None,
+                 allow_archived: bool = True, task_filter: Any = None) -> Task | TaskView:
+        """A stored task by id, or the newest one named ``task_name`` (exactly) in
+        ``project_name`` (with one of ``tags``). This process's own open task is returned as
+        itself; any other is a read-only ``TaskView``. Raises ``ValueError`` when none matches."""
+        import re
+
         from clearml_hooks.models import default_store
 
-        row = default_store().catalog.get_task(task_id)
+        current = context.current_task()
+        if task_id is None and not task_name:
+            raise ValueError("Task.get_task needs task_id, or task_name (and project_name)")
+        if current is not None and not current.closed and (
+                current.id == task_id or (task_id is None and current.name == task_name and
+                                          project_name in (None, current.project) and not tags)):
+            return current
+        store = default_store()
+        if task_id is None:
+            pattern = "^" + re.escape(task_name) + "$"  # type: ignore[arg-type]
+            if isinstance(tags, str):
+                tags = [tags]
+            ids = store.catalog.query_task_ids(project_name, pattern, tags)
+            if not ids:
+                where = f" in project {project_name!r}" if project_name else ""
+                raise ValueError(f"no task named {task_name!r}{where}")
+            task_id = ids[0]
+        row = store.catalog.get_task(task_id)
         if row is None:
             raise ValueError(f"no task with id {task_id!r}")
-        return TaskRecord(row)
+        return TaskView(store, row)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -260,6 +316,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             if Task._current is self:
                 Task._current = None
                 context.set_current(None)
+                config.set_task_values(None)  # Task.init(settings=) last as long as the task
             launch_env.unexport(self.id)
         if self.inert:
             return
@@ -317,56 +374,17 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
     def models(self) -> TaskModels:
         """``{'input': [...], 'output': [...]}``, each list indexable by position and by name."""
         self.wait_registered()
-        from clearml_hooks.models import Model
-
-        inputs, outputs = TaskModels.List(), TaskModels.List()
-        for row in self.store.catalog.task_models(self.id):
-            model = Model._from_row(self.store, {"id": row["model_id"]})
-            model._link_name = row["link_name"]
-            (inputs if row["direction"] == "input" else outputs).append(model)
-        return TaskModels(input=inputs, output=outputs)
+        return task_models(self.store, self.id)
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.project}/{self.name}>"
 
 
-class TaskModels(dict):
-    class List(list):
-        """A list of models that can also be indexed by model name."""
-
-        def __getitem__(self, key):  # type: ignore[override]
-            if isinstance(key, str):
-                for model in reversed(self):
-                    if key in (getattr(model, "_link_name", None), model.name):
-                        return model
-                raise KeyError(key)
-            return super().__getitem__(key)
-
-        def keys(self) -> list[str]:
-            return [m.name for m in self]
-
-
-class TaskRecord:
-    """A task read back from the catalog (``Task.get_task``)."""
-
-    def __init__(self, row: dict) -> None:
-        self.id = row["id"]
-        self.name = row["name"]
-        self.project = row["project"]
-        self.status = row["status"]
-        self.task_type = row["task_type"]
-
-
 def _selection(auto_connect_frameworks: Any):
+    """The filter per framework key; the keys are the bindings' (entry points, README)."""
     from clearml_hooks.hooks.registry import registry
 
-    extra = [k for k in registry().bindings if k not in FRAMEWORK_KEYS]
-    if isinstance(auto_connect_frameworks, dict):
-        unknown = [k for k in auto_connect_frameworks if k not in FRAMEWORK_KEYS and k not in extra]
-        if unknown:  # maybe a third-party binding: look at the entry points (slow path)
-            registry().discover_entry_points()
-            extra = [k for k in registry().bindings if k not in FRAMEWORK_KEYS]
-    return parse_auto_connect(auto_connect_frameworks, extra)
+    return parse_auto_connect(auto_connect_frameworks, registry().framework_keys())
 
 
 def _check_output_uri(output_uri: Any) -> None:
@@ -374,8 +392,10 @@ def _check_output_uri(output_uri: Any) -> None:
         return
     uri = os.fspath(output_uri)
     if "://" in uri:
+        from clearml_hooks import plugins
+
         scheme = uri.split("://", 1)[0]
-        if scheme not in BUILTIN_BLOB_SCHEMES:
+        if scheme not in plugins.entry_points("clearml_hooks.blob_stores"):
             from clearml_hooks.store.blobs import open_blob_store
 
             open_blob_store(uri)  # raises a clear ValueError for an unknown scheme
@@ -434,5 +454,8 @@ def _drain(task: Task, timeout: float) -> None:
 def _at_exit() -> None:
     task = Task._current
     if task is not None and not task.closed:
-        timeout = float(lookup("exit_timeout", None, task.settings.exit_timeout))
+        try:
+            timeout = float(config.get("exit_timeout"))  # may have changed since Task.init
+        except ValueError:
+            timeout = task.settings.exit_timeout
         task.close(timeout=timeout)

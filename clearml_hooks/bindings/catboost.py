@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from clearml_hooks.bindings.joblib import caller_module
 from clearml_hooks.hooks.binding import Binding, Call, Target, arg
+from clearml_hooks.hooks.callers import caller_module
 
 _SCRATCH_FUNCTIONS = {"sample_gaussian_process"}
 

@@ -21,30 +21,14 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from typing import Any
 
 from clearml_hooks.frameworks import framework_of
 from clearml_hooks.hooks.binding import Binding, Call, Target, arg
+from clearml_hooks.hooks.callers import caller_module
 
 # modules whose own dump/load calls are caches, not models
 _INTERNAL_CALLERS = ("joblib.", "sklearn.datasets")
-_AGENT_FRAMES = ("clearml_hooks.", "wrapt.")
-
-
-def caller_module(depth: int = 2) -> tuple[str, str]:
-    """(module, function) of the first frame above the hook that is not the agent's own.
-
-    ``depth`` starts the walk above the extractor's caller; agent and wrapt frames are skipped
-    so the answer does not depend on whether wrapt's C extension is in use.
-    """
-    frame = sys._getframe(depth)
-    while frame is not None:
-        name = frame.f_globals.get("__name__") or ""
-        if not name.startswith(_AGENT_FRAMES):
-            return name, frame.f_code.co_name
-        frame = frame.f_back
-    return "", ""
 
 
 def _internal_call() -> bool:

@@ -19,21 +19,12 @@ snapshot's iteration.
 from __future__ import annotations
 
 import os
-import sys
 
 from clearml_hooks.hooks.binding import Binding, Call, Location, PrefixFiles, Target, arg
+from clearml_hooks.hooks.callers import caller_frame, with_iteration
 
 # a TF-format checkpoint (Keras 2 ``save_weights`` without .h5): ``w.index`` + ``w.data-…``
 _TF_CHECKPOINT = PrefixFiles(suffixes=(".index", ".data-"))
-_AGENT_MODULES = ("clearml_hooks.", "wrapt")
-
-
-def caller_frame(depth: int = 1):
-    """The frame that called the hooked function: the first one outside the agent and wrapt."""
-    frame = sys._getframe(depth + 1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(_AGENT_MODULES):
-        frame = frame.f_back
-    return frame
 
 
 def _checkpoint_epoch() -> int | None:
@@ -49,10 +40,6 @@ def _checkpoint_epoch() -> int | None:
     if isinstance(epoch, int) and hasattr(callback, "save_weights_only"):
         return epoch + 1
     return None
-
-
-def with_iteration(location: Location, iteration: int) -> Location:
-    return Location(location.path, location.kind, location.files, iteration, location.framework)
 
 
 def _sharded(path: str) -> Location | None:

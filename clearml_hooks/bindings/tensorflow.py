@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 
-from clearml_hooks.bindings.keras import caller_frame, with_iteration
 from clearml_hooks.hooks.binding import (
     Binding,
     Call,
@@ -23,6 +22,7 @@ from clearml_hooks.hooks.binding import (
     Target,
     arg,
 )
+from clearml_hooks.hooks.callers import caller_frame, with_iteration
 
 _CHECKPOINT = PrefixFiles(suffixes=(".index", ".data-"))
 _SAVER = PrefixFiles(suffixes=(".index", ".data-", ".meta"))

@@ -1,15 +1,17 @@
 """The capture contract's safety net: agent errors are logged once, counted, never raised.
 
-``CLEARML_HOOKS_STRICT=1`` re-raises them instead, so our own tests see every failure.
+The ``strict`` setting (``CLEARML_HOOKS_STRICT=1``) re-raises them instead, so our own tests see
+every failure.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from collections import Counter
+
+from clearml_hooks import config
 
 log = logging.getLogger("clearml_hooks")
 
@@ -18,7 +20,7 @@ _lock = threading.Lock()
 
 
 def strict() -> bool:
-    return os.environ.get("CLEARML_HOOKS_STRICT", "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(config.get_or_default("strict"))
 
 
 def agent_error(where: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from clearml_hooks import config
+
 _forked = False
 _dist_before_fork = False
 
@@ -23,8 +25,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def _setting(name: str) -> bool:
+    return bool(config.get_or_default(name))
 
 
 def env_rank() -> int:
@@ -64,12 +66,12 @@ def torch_distributed_rank() -> int | None:
 def capture_allowed() -> bool:
     """Cheap check, done on every hooked call: is this process one that captures?"""
     if in_dataloader_worker():
-        return _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_IN_WORKERS"))
+        return _setting("capture_in_workers")
     rank = None if _dist_before_fork else torch_distributed_rank()
     if rank is not None:  # a process group was joined here: its rank decides, forked or not
-        return rank == 0 or _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_ALL_RANKS"))
-    if _forked and not _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_IN_WORKERS")):
+        return rank == 0 or _setting("capture_all_ranks")
+    if _forked and not _setting("capture_in_workers"):
         return False
     if env_rank() != 0:
-        return _truthy(os.environ.get("CLEARML_HOOKS_CAPTURE_ALL_RANKS"))
+        return _setting("capture_all_ranks")
     return True

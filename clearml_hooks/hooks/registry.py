@@ -7,7 +7,6 @@ exactly once; agent failures never reach user code).
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import os
@@ -218,32 +217,37 @@ class Registry:
 
     # -- discovery ----------------------------------------------------------------------------
 
-    def load_builtin(self) -> None:
-        from clearml_hooks.bindings import BUILTIN
-
-        for key, ref in BUILTIN.items():
-            if key not in self.bindings:
-                try:
-                    self.add_binding(_load_ref(ref))
-                except ImportError:
-                    log.debug("clearml-hooks: built-in binding %s is not available", key)
-
     def discover_entry_points(self) -> list[str]:
-        """Bindings from the ``clearml_hooks.bindings`` entry-point group (third parties too)."""
-        from importlib.metadata import entry_points
+        """Bindings from the ``clearml_hooks.bindings`` entry-point group: ours (pyproject.toml)
+        and third parties', the one list of frameworks. Returns the keys added."""
+        from clearml_hooks import plugins
 
         added = []
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in self.bindings:
+        for name, ref in plugins.entry_points(ENTRY_POINT_GROUP).items():
+            if name in self.bindings:
                 continue
             try:
-                binding = ep.load()
-                self.add_binding(binding)
-                added.append(binding.key)
+                binding = plugins.load(ref)
+                self.add_binding(binding)  # type: ignore[arg-type]
+                added.append(binding.key)  # type: ignore[attr-defined]
+            except ImportError as exc:
+                log.debug("clearml-hooks: binding %s (%s) is not available: %s", name, ref, exc)
             except Exception:
-                contract.agent_error(f"loading binding {ep.name!r} from entry point {ep.value}")
+                contract.agent_error(f"loading binding {name!r} from entry point {ref}")
         self._discovered = True
         return added
+
+    load_builtin = discover_entry_points
+
+    def framework_keys(self) -> tuple[str, ...]:
+        """Every ``auto_connect_frameworks`` key: the bindings' keys, then the other keys
+        that filter them (``scikit`` for joblib)."""
+        with self._lock:
+            keys = list(self.bindings)
+            for binding in list(self.bindings.values()):
+                keys.extend(binding.filter_keys)
+                keys.extend(k for t in binding.targets for k in (t.filter_keys or ()))
+        return tuple(dict.fromkeys(keys))
 
     def add_binding(self, binding: type[Binding]) -> None:
         with self._lock:
@@ -414,11 +418,6 @@ class _ModuleCallback:
         self.registry.on_module(self.name, module)
 
 
-def _load_ref(ref: str) -> type[Binding]:
-    module_name, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
-
-
 def _version_ok(binding: type[Binding], unsupported: dict[str, str]) -> bool:
     """Check the installed version against ``binding.requirement`` from package metadata."""
     if not binding.requirement:
@@ -456,5 +455,5 @@ def registry() -> Registry:
     with _registry_lock:
         if _registry is None:
             _registry = Registry()
-            _registry.load_builtin()
+            _registry.discover_entry_points()
         return _registry

@@ -6,18 +6,17 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-FRAMEWORK_KEYS: tuple[str, ...] = (
-    "pytorch", "tensorflow", "keras", "joblib", "scikit", "xgboost", "catboost", "lightgbm",
-    "fastai", "megengine", "lightning",
-)
+from clearml_hooks import config
 
 # A selection maps a key to None (capture everything), False (off) or a tuple of wildcards.
 Selection = dict[str, "tuple[str, ...] | None | bool"]
 
 
-def parse_auto_connect(value: Any, extra_keys: Iterable[str] = ()) -> Selection:
-    """Validate ``Task.init(auto_connect_frameworks=...)``; raise ``ValueError`` naming what is wrong."""
-    valid = tuple(dict.fromkeys((*FRAMEWORK_KEYS, *extra_keys)))
+def parse_auto_connect(value: Any, keys: Iterable[str] = ()) -> Selection:
+    """Validate ``Task.init(auto_connect_frameworks=...)``; raise ``ValueError`` naming what is
+    wrong. ``keys``: the valid framework keys (``registry().framework_keys()``, from the
+    bindings' entry points)."""
+    valid = tuple(dict.fromkeys(keys))
     if value is True or value is None:
         return {k: None for k in valid}
     if value is False:
@@ -71,6 +70,6 @@ def spec_for(selection: Selection, keys: tuple[str, ...]) -> tuple[str, ...] | N
 
 
 def disabled_by_env() -> set[str]:
-    """``CLEARML_HOOKS_DISABLED=pytorch,xgboost`` (or ``*``) switches bindings off."""
-    raw = os.environ.get("CLEARML_HOOKS_DISABLED", "")
-    return {part.strip().lower() for part in raw.split(",") if part.strip()}
+    """The ``disabled`` setting (``CLEARML_HOOKS_DISABLED=pytorch,xgboost`` or ``*``, the config
+    file, ``Task.init(settings=)``) switches bindings off."""
+    return set(config.get_or_default("disabled"))

@@ -47,11 +47,10 @@ class Store:
                 return
             try:
                 from clearml_hooks.store.blobs import open_blob_store
-                from clearml_hooks.store.catalog import SqlCatalog
 
                 if self._catalog is None:
-                    self._catalog = SqlCatalog(self.settings.catalog_url,
-                                               timeout=self.settings.catalog_timeout)
+                    self._catalog = open_catalog(self.settings.catalog_url,
+                                                 timeout=self.settings.catalog_timeout)
                 if self._blobs is None:
                     self._blobs = open_blob_store(self.settings.blob_url)
             except Exception as exc:
@@ -144,6 +143,27 @@ class Store:
             os.makedirs(self.staging_root, exist_ok=True)
             self._device = os.stat(self.staging_root).st_dev
         return self._device
+
+
+CATALOG_GROUP = "clearml_hooks.catalogs"
+
+
+def open_catalog(url: str, timeout: float = 30.0) -> SqlCatalog:
+    """The catalog class registered for the URL's dialect (``sqlite``, ``postgresql``; a
+    driver suffix such as ``+psycopg`` is the catalog's business) in the ``clearml_hooks.catalogs``
+    entry-point group, opened on ``url``."""
+    from clearml_hooks import plugins
+
+    dialect = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    available = plugins.entry_points(CATALOG_GROUP)
+    ref = available.get(dialect)
+    if ref is None:
+        raise ValueError(f"no catalog for {dialect or 'this'!r} URLs ({_redact(url)}); "
+                         f"available: {', '.join(sorted(available)) or 'none'} (catalog_url "
+                         "takes a SQLAlchemy URL such as sqlite:///path/catalog.db or "
+                         "postgresql://user@host/db)")
+    catalog_class = plugins.load(ref)
+    return catalog_class(url, timeout=timeout)  # type: ignore[operator]
 
 
 def _redact(url: str) -> str:

@@ -232,21 +232,15 @@ class LocalBlobStore:
 def _seconds(name: str, default: float) -> float:
     from clearml_hooks import config
 
-    raw = config.lookup(name, config._read_config_file(), default)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"CLEARML_HOOKS_{name.upper()} must be a number of seconds, "
-                         f"not {raw!r}") from exc
-    if value <= 0:
-        raise ValueError(f"CLEARML_HOOKS_{name.upper()} must be positive, not {raw!r}")
-    return value
+    return config.get(name)  # the one settings reader (default there: ``default``)
 
 
 def fsspec_options(url: str) -> dict:
     """Storage options from the settings: S3-compatible endpoints, keys, bounded timeouts."""
+    from clearml_hooks import config
+
     if url.startswith(("s3://", "s3a://")):
-        endpoint = os.environ.get("CLEARML_HOOKS_S3_ENDPOINT_URL") or os.environ.get(
+        endpoint = config.get("s3_endpoint_url") or os.environ.get(
             "AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         options: dict[str, Any] = {"config_kwargs": {
             "connect_timeout": _seconds("s3_connect_timeout", DEFAULT_S3_CONNECT_TIMEOUT),

@@ -66,7 +66,7 @@ def _store(ctx: click.Context, recover_rows: bool = True, require: bool = True):
         store = store_for(settings)
         store.wait()
         if recover_rows and any(os.path.isdir(r) for r in store.journal_roots):
-            from clearml_hooks.store.worker import recover
+            from clearml_hooks.store.recovery import recover
 
             recover(store, rows_only=True)
         obj["store"] = store
@@ -345,7 +345,7 @@ def tasks_list(ctx: click.Context, project: str | None, limit: int | None, as_js
 def sync(ctx: click.Context, force: bool, as_json: bool) -> None:
     """Finish what crashed, killed or offline runs left in their journals; print the outcome."""
     from clearml_hooks.store.journal import describe
-    from clearml_hooks.store.worker import recover
+    from clearml_hooks.store.recovery import recover
 
     store = _store(ctx, recover_rows=False)
     todo = sum(len(j.pending) for j in describe(store.journal_roots) if force or not j.alive)

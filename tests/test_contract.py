@@ -14,7 +14,7 @@ from clearml_hooks import Task
 from clearml_hooks.config import Settings
 from clearml_hooks.store import Store
 from clearml_hooks.store.journal import describe
-from clearml_hooks.store.worker import recover
+from clearml_hooks.store.recovery import recover
 from tests.conftest import run_script
 
 

@@ -130,7 +130,7 @@ def _status_after(script_body: str, tmp_path, *, signal_after: float | None = No
 
     from clearml_hooks.config import Settings
     from clearml_hooks.store import store_for
-    from clearml_hooks.store.worker import recover
+    from clearml_hooks.store.recovery import recover
     from tests.conftest import REPO
 
     store = tmp_path / "store"

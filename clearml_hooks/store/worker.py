@@ -1,17 +1,14 @@
-"""The background side of capture: journal records -> catalog rows and stored blobs.
+"""The background side of capture: this process's worker thread over its journal.
 
-``Processor`` applies one record (idempotent; a transient failure raises). ``Worker`` runs it in
-a background thread in journal order: a catalog or object store that is down, slow or full
-makes it wait and retry (the records stay in the journal), a job that hangs is abandoned after
-its timeout so one bad job never blocks the others, and nothing here ever runs in the training
-thread. ``recover`` finishes the journals of processes that died.
+``Worker`` runs the ``Processor`` in a background thread in journal order: a catalog or object
+store that is down, slow or full makes it wait and retry (the records stay in the journal), a
+job that hangs is abandoned after its timeout so one bad job never blocks the others, and
+nothing here ever runs in the training thread. ``recover`` (store/recovery.py) finishes the
+journals of processes that died.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
 import logging
 import os
 import queue
@@ -21,262 +18,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.hooks import contract
-from clearml_hooks.store.journal import WORK, Record
+from clearml_hooks.store.journal import Record
+from clearml_hooks.store.processor import Processor, is_transient
+from clearml_hooks.store.recovery import fail_loudly, recover
 
 if TYPE_CHECKING:
     from clearml_hooks.store import Store
     from clearml_hooks.store.journal import Journal
 
+__all__ = ["Worker", "RecoverJob", "recover"]
+
 log = logging.getLogger("clearml_hooks")
 
-CHUNK = 1 << 20
 MAX_BACKOFF = 30.0
 QUIET = 0.05  # a burst of saves is gathered until it pauses this long ...
 MAX_GATHER = 1.0  # ... or for at most this long
 MAX_BATCH = 256
 PERMANENT_ATTEMPTS = 3
-_TRANSIENT_MODULES = ("sqlalchemy", "psycopg", "botocore", "aiobotocore", "aiohttp", "s3fs",
-                      "fsspec", "urllib3", "requests", "google", "azure", "adlfs", "gcsfs")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A failure of the service, not of the snapshot: wait and retry, keep it journaled."""
-    from clearml_hooks.store import StoreUnavailable
-
-    if isinstance(exc, (OSError, TimeoutError, StoreUnavailable, ConnectionError)):
-        return True
-    top = type(exc).__module__.split(".")[0]
-    if top == "sqlalchemy":
-        from sqlalchemy import exc as sa
-
-        return isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError,
-                                sa.TimeoutError)) or bool(getattr(exc, "connection_invalidated",
-                                                                  False))
-    return top in _TRANSIENT_MODULES
-
-
-def hash_stream(f) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = f.readinto(buf)
-        if not n:
-            break
-        h.update(view[:n])
-        size += n
-    return h.hexdigest(), size
-
-
-def manifest_digest(files: list[tuple[str, str, int]]) -> str:
-    h = hashlib.sha256()
-    for rel, sha, size in sorted(files):
-        h.update(f"{rel}\0{sha}\0{size}\n".encode())
-    return h.hexdigest()
-
-
-class Processor:
-    """Applies journal records to the catalog and the blob store."""
-
-    def __init__(self, store: Store, owner: str) -> None:
-        self.store = store
-        self.owner = owner
-        self._dest_blobs: dict[str, Any] = {}
-
-    def process(self, record: Record) -> str:
-        """Apply one record; returns its outcome (ready, failed, gone, done). Raises on a
-        transient failure (the record stays journaled)."""
-        return self.process_batch([record])[record.rid]
-
-    def process_batch(self, records: list[Record]) -> dict[str, str]:
-        """Apply records in journal order, in a few transactions for the whole batch (a burst
-        of small saves costs the worker little CPU, so it competes little with training)."""
-        from clearml_hooks.store import ingest
-        from clearml_hooks.store.staging import SourceChanged, remove_staging
-
-        catalog = self.store.catalog
-        outcomes: dict[str, str] = {}
-        snaps: list[tuple[Record, dict[str, Any]]] = []
-        loads: list[Record] = []
-        with catalog.write() as conn:
-            for record in records:
-                h = record.header
-                kind = h.get("t")
-                if kind == "task":
-                    ingest.ingest_task_in(catalog, conn, h)
-                elif kind == "status":
-                    ingest.ingest_status_in(conn, h)
-                elif kind == "snap":
-                    snaps.append((record, ingest.ingest_snapshot_in(catalog, conn, h,
-                                                                    self.owner)))
-                    continue
-                elif kind == "load":
-                    loads.append(record)
-                    continue
-                outcomes[record.rid] = "done"
-        finished: list[tuple[str, Any]] = []  # (rid, completion kwargs | failure reason)
-        pending = [(r, row) for r, row in snaps if row["state"] == "pending"]
-        inline = self._inline_files([r for r, _ in pending if not r.header.get("error")])
-        ingest.pin_blobs(catalog, [(sha, rid) for rid, files in inline.items()
-                                   if not isinstance(files, Exception) for sha, _ in files])
-        for record, row in snaps:
-            h = record.header
-            if row["state"] != "pending":
-                outcomes[record.rid] = row["state"]
-            elif h.get("error"):
-                finished.append((record.rid, h["error"]))
-            else:
-                try:
-                    files = inline.get(record.rid, [])
-                    if isinstance(files, Exception):
-                        raise files
-                    finished.append((record.rid, self._store_bytes(record, files)))
-                except SourceChanged as exc:
-                    finished.append((record.rid, str(exc)))
-        if finished:
-            with catalog.write() as conn:
-                for rid, result in finished:
-                    if isinstance(result, str):
-                        changed = ingest.fail_in(conn, rid, result)
-                    else:
-                        changed = ingest.complete_in(conn, rid, **result)
-                    # another processor (sync --force) may have finished it first
-                    outcomes[rid] = ("failed" if isinstance(result, str) else "ready") \
-                        if changed else (ingest.state_in(conn, rid) or "gone")
-        for record, _row in snaps:
-            remove_staging(record.header.get("staging") or [])
-        for record in loads:  # after the snapshots: a load of a file just saved finds it
-            self.load(record.header)
-            outcomes[record.rid] = "done"
-        return outcomes
-
-    # -- snapshots ------------------------------------------------------------------------------
-
-    def _blobs(self, dest: str | None):
-        if not dest:
-            return self.store.blobs
-        blobs = self._dest_blobs.get(dest)
-        if blobs is None:
-            from clearml_hooks.store.blobs import open_blob_store
-
-            blobs = self._dest_blobs[dest] = open_blob_store(dest)
-        return blobs
-
-    def _inline_files(self, records: list[Record]) -> dict[str, Any]:
-        """(sha256, bytes) of every inline file, per snapshot, read once (pinned together in
-        one transaction); a snapshot whose journal bytes are unreadable maps to its error."""
-        from clearml_hooks.store.staging import SourceChanged
-
-        out: dict[str, Any] = {}
-        for record in records:
-            offset = 0
-            files = []
-            try:
-                for f in record.header["files"]:
-                    if f["how"] == "inline":
-                        data = _payload(record, offset, f["size"])
-                        offset += f["size"]
-                        files.append((hashlib.sha256(data).hexdigest(), data))
-            except SourceChanged as exc:
-                out[record.rid] = exc
-                continue
-            out[record.rid] = files
-        return out
-
-    def _store_bytes(self, record: Record,
-                     inline: list[tuple[str, bytes]]) -> dict[str, Any]:
-        """Store every file's bytes; returns what ``complete_in`` needs. ``inline``: the
-        inline files' (sha, bytes), already pinned by the caller; a staged file is pinned once
-        hashed."""
-        from clearml_hooks.store import ingest
-        from clearml_hooks.store.blobs import BlobMismatch
-        from clearml_hooks.store.staging import SourceChanged, StagedReader
-
-        h = record.header
-        catalog = self.store.catalog
-        blobs = self._blobs(h.get("dest"))
-        stored: list[tuple[str, str, int]] = []
-        inline_files = iter(inline)
-        for f in h["files"]:
-            rel = f["rel"]
-            if f["how"] == "inline":
-                sha, data = next(inline_files)
-                if not blobs.exists(sha):
-                    got, _ = blobs.store_stream(io.BytesIO(data))
-                    if got != sha:  # cannot happen: the bytes are in memory
-                        raise SourceChanged(f"{rel}: stored bytes do not hash to {sha}")
-                stored.append((rel, sha, len(data)))
-                continue
-            reader = StagedReader(f)
-            sha, size = reader.read(hash_stream)
-            if size != f["size"]:
-                raise SourceChanged(f"{rel}: {f['size']} bytes were saved, {size} found: "
-                                    + reader.changed_reason())
-            ingest.pin_blob(catalog, sha, h["rid"])
-            if not blobs.exists(sha):
-                # copied, never moved: `sync --force` may be reading the same staged file
-                try:
-                    reader.read(functools.partial(blobs.store_stream, expect=sha))
-                except BlobMismatch:
-                    raise SourceChanged(f"{rel}: {reader.changed_reason()}") from None
-            stored.append((rel, sha, size))
-        if h["kind"] == "file" and len(stored) == 1:
-            digest = stored[0][1]
-            uri = blobs.url_for(digest)
-        else:
-            digest = manifest_digest(stored)
-            uri = blobs.url_for(digest) + "?manifest"
-        return {"files": stored, "digest": digest, "size": sum(sz for _, _, sz in stored),
-                "uri": uri}
-
-    # -- loads ----------------------------------------------------------------------------------
-
-    def load(self, h: dict[str, Any]) -> None:
-        """Connect a loaded file to the model that wrote it (path cache, then sha256)."""
-        from clearml_hooks.store import ingest
-
-        catalog = self.store.catalog
-        files = [(p, os.path.basename(p)) for p in h["files"]] if h["kind"] == "files" else \
-            _walk(h["path"], h["kind"])
-        if not files:
-            return
-        match = None
-        if h["kind"] == "file" and h.get("size") is not None:
-            match = catalog.find_by_source(h["path"], h["size"], h["mtime_ns"])
-        hashed = []
-        for full, rel in files:
-            try:
-                with open(full, "rb", buffering=0) as f:
-                    hashed.append((rel, *hash_stream(f)))
-            except OSError:
-                return  # gone or unreadable since it was loaded: no lineage, nothing blocked
-        digest = hashed[0][1] if h["kind"] == "file" else manifest_digest(hashed)
-        if match is None:
-            match = catalog.find_by_digest(digest)
-        if match is not None:
-            catalog.link_model(h["task"], match["model_id"], "input", snapshot_id=match["id"])
-        else:
-            ingest.register_import(catalog, task_id=h["task"], path=h["path"], kind=h["kind"],
-                                   framework=h["fw"], name=h["name"], digest=digest,
-                                   hashed=hashed)
-        ingest.adopt_parent(catalog, h["task"], h.get("ts"))
-
-
-def _payload(record: Record, offset: int, size: int) -> bytes:
-    """Inline bytes of a record; a damaged journal fails that snapshot, never blocks others."""
-    from clearml_hooks.store.staging import SourceChanged
-
-    try:
-        return record.payload(offset, size)
-    except OSError as exc:
-        raise SourceChanged(f"the journal's copy of the bytes is unreadable: {exc}") from exc
-
-
-def _walk(path: str, kind: str) -> list[tuple[str, str]]:
-    from clearml_hooks.store.staging import walk_files
-
-    return [(path, os.path.basename(path))] if kind == "file" else walk_files(path)
 
 
 WORKER_NICE = 10
@@ -495,7 +253,7 @@ class Worker:
                 contract.agent_error(f"processing a journaled {record.header.get('t')} record")
             except Exception:
                 pass
-        if record.header.get("t") == "snap" and not _fail_loudly(
+        if record.header.get("t") == "snap" and not fail_loudly(
                 self.store, record, self.journal.name, reason):
             return "error"  # stays journaled: the next process tries again
         return "failed"
@@ -563,165 +321,3 @@ class Worker:
                     self._resolved(record, "error")
                 self.start()
                 return
-
-
-# -- recovery of dead processes' journals -------------------------------------------------------
-
-class RecoveryResult:
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.skipped_alive = 0
-        self.errors: list[str] = []
-
-
-def recover(store: Store, *, force: bool = False, own: str | None = None,
-            progress: Callable[[], None] | None = None, rows_only: bool = False) -> RecoveryResult:
-    """Finish every journal whose process is gone (``force``: also of live ones; only
-    idempotent steps, so a live process and this one never undo each other).
-
-    ``rows_only`` (readers such as ``models list``): put the tasks and pending snapshots in the
-    catalog so they show, and leave storing the bytes to ``sync`` or the next run.
-    """
-    from clearml_hooks.store.journal import (
-        all_journal_dirs,
-        read_records,
-        remove_journal_dir,
-        try_lock,
-    )
-    from clearml_hooks.store.staging import remove_staging
-
-    result = RecoveryResult()
-    for path in all_journal_dirs(store.journal_roots):
-        owner = os.path.basename(path)
-        if owner == own:
-            continue
-        fd = try_lock(path)
-        if fd is None and not force:
-            result.skipped_alive += 1
-            continue
-        try:
-            records, done = read_records(path)
-            processor = Processor(store, owner)
-            complete = True
-            for record in records:
-                if record.header.get("t") not in WORK or record.rid in done:
-                    continue
-                try:
-                    if rows_only and record.header.get("t") == "snap":
-                        from clearml_hooks.store import ingest
-
-                        ingest.ingest_snapshot(store.catalog, record.header, owner)
-                        complete = False
-                        continue
-                    outcome = processor.process(record)
-                except Exception as exc:
-                    if is_transient(exc):
-                        result.errors.append(f"{type(exc).__name__}: {exc}")
-                        complete = False
-                        break
-                    outcome = "failed"
-                    result.errors.append(f"{record.rid}: {type(exc).__name__}: {exc}")
-                    if record.header.get("t") == "snap" and not _fail_loudly(
-                            store, record, owner, f"{type(exc).__name__}: {exc}"):
-                        complete = False
-                        continue  # not marked done: the next recovery tries again
-                if record.header.get("t") == "snap":
-                    result.items.append({"rid": record.rid, "outcome": outcome,
-                                         "name": record.header.get("name"),
-                                         "source": record.header.get("src")})
-                if fd is not None:
-                    _append_done(path, record.rid)
-                if progress is not None:
-                    progress()
-            if complete and fd is not None:
-                remove_staging([os.path.join(store.staging_root, owner)])
-                remove_journal_dir(path)
-        finally:
-            if fd is not None:
-                os.close(fd)
-    _remove_orphan_staging(store, own)
-    for root in store.journal_roots:
-        _remove_unborn_journals(root)
-    sweep = None if rows_only else getattr(store.blobs, "sweep_incoming", None)
-    if sweep is not None:
-        try:
-            sweep()  # temporaries of uploads cut off by a crash
-        except Exception as exc:
-            result.errors.append(f"sweeping temporary blobs: {type(exc).__name__}: {exc}")
-    return result
-
-
-def _remove_unborn_journals(root: str) -> None:
-    """A journal folder is made under a hidden name and renamed once locked: a hidden one
-    that is old belongs to a process that died in between."""
-    from clearml_hooks.store.journal import remove_journal_dir
-
-    try:
-        names = [n for n in os.listdir(root) if n.startswith(".new-")]
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(root, name)
-        try:
-            if time.time() - os.lstat(path).st_mtime > ORPHAN_AGE:
-                remove_journal_dir(path)
-        except OSError:
-            pass
-
-
-ORPHAN_AGE = 3600.0
-
-
-def _fail_loudly(store: Store, record: Record, owner: str, reason: str) -> bool:
-    """A snapshot that cannot be processed ends failed with its reason, never silently."""
-    from clearml_hooks.store import ingest
-
-    try:
-        ingest.ingest_snapshot(store.catalog, record.header, owner)
-        ingest.fail_snapshot(store.catalog, record.rid, reason)
-        return True
-    except Exception:
-        return False
-
-
-def _remove_orphan_staging(store: Store, own: str | None) -> None:
-    """Staging of a process that died before it journaled anything (no journal folder),
-    once older than any save in progress could be."""
-    from clearml_hooks.store.staging import remove_staging
-
-    try:
-        names = os.listdir(store.staging_root)
-    except OSError:
-        return
-    journals = set()
-    for root in store.journal_roots:
-        try:
-            journals |= set(os.listdir(root))
-        except OSError:
-            pass
-    for name in names:
-        if name == own or name in journals:
-            continue
-        path = os.path.join(store.staging_root, name)
-        try:
-            old = time.time() - os.lstat(path).st_mtime > ORPHAN_AGE
-        except OSError:
-            continue
-        if old:
-            remove_staging([path])
-
-
-def _append_done(journal_dir: str, rid: str, _files: dict[str, str] = {}) -> None:  # noqa: B006
-    """Done marks of a recovery go to a file of their own: the dead owner's last segment may
-    end in a torn record, after which nothing would be read."""
-    import json
-
-    path = _files.get(journal_dir)
-    if path is None or not os.path.exists(path):
-        path = _files[journal_dir] = os.path.join(journal_dir, f"zz-{os.urandom(8).hex()}.log")
-    line = json.dumps({"t": "done", "rid": rid, "n": 0}, separators=(",", ":")).encode() + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)

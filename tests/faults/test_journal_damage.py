@@ -9,7 +9,7 @@ from pathlib import Path
 from clearml_hooks.config import Settings
 from clearml_hooks.store import store_for
 from clearml_hooks.store.journal import describe
-from clearml_hooks.store.worker import recover
+from clearml_hooks.store.recovery import recover
 from tests.conftest import run_script
 
 

@@ -97,6 +97,34 @@ def _text(value: Any) -> str:
     return os.fspath(value).strip()
 
 
+def _registered(group: str) -> str:
+    from clearml_hooks import plugins
+
+    return ", ".join(sorted(plugins.entry_points(group))) or "none installed"
+
+
+def _catalog_url(value: Any) -> str:
+    """A URL whose dialect (``sqlite``, ``postgresql+psycopg``) has a catalog registered."""
+    from clearml_hooks import plugins
+
+    url = _text(value)
+    dialect = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if dialect not in plugins.entry_points("clearml_hooks.catalogs"):
+        raise ValueError
+    return url
+
+
+def _blob_url(value: Any) -> str:
+    """A folder, or a URL whose scheme has a blob store registered."""
+    from clearml_hooks import plugins
+
+    url = _text(value)
+    if "://" in url and url.split("://", 1)[0] not in plugins.entry_points(
+            "clearml_hooks.blob_stores"):
+        raise ValueError
+    return url
+
+
 def _keys(value: Any) -> frozenset[str]:
     parts = value.split(",") if isinstance(value, str) else value
     if not isinstance(parts, (list, tuple, set, frozenset)) or not all(
@@ -120,13 +148,16 @@ def _level(value: Any) -> int:
 class Spec(NamedTuple):
     parse: Callable[[Any], Any]
     default: Any
-    expected: str
+    expected: str | Callable[[], str]  # a callable: computed only for the error message
 
 
 SPECS: dict[str, Spec] = {
     "home": Spec(_text, None, "a folder"),
-    "catalog_url": Spec(_text, None, "a SQLAlchemy URL (sqlite:///..., postgresql://...)"),
-    "blob_url": Spec(_text, None, "a folder or an fsspec URL (s3://bucket/prefix)"),
+    "catalog_url": Spec(_catalog_url, None, lambda: "a SQLAlchemy URL (sqlite:///path, "
+                        "postgresql://user@host/db) of a dialect with a catalog: "
+                        + _registered("clearml_hooks.catalogs")),
+    "blob_url": Spec(_blob_url, None, lambda: "a folder or a URL (s3://bucket/prefix) of a "
+                     "scheme with a blob store: " + _registered("clearml_hooks.blob_stores")),
     "exit_timeout": Spec(_wait, DEFAULT_EXIT_TIMEOUT, "a number of seconds (0 or more)"),
     "offline": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
     "disabled": Spec(_keys, frozenset(), "comma-separated framework keys, or *"),
@@ -217,8 +248,19 @@ def _parse(name: str, raw: Any, where: str) -> Any:
     try:
         return spec.parse(raw)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"clearml-hooks setting {name!r} = {raw!r} (from {where}) is not valid: "
-                         f"expected {spec.expected}") from None
+        expected = spec.expected() if callable(spec.expected) else spec.expected
+        shown = _redact(raw) if name == "catalog_url" and isinstance(raw, str) else raw
+        raise ValueError(f"clearml-hooks setting {name!r} = {shown!r} (from {where}) is not "
+                         f"valid: expected {expected}") from None
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
 
 
 def source(name: str) -> tuple[Any, str] | None:
@@ -260,12 +302,6 @@ def validate() -> None:
     """Read every setting now, so a bad one fails ``Task.init`` (not a hook, later)."""
     for name in SPECS:
         get(name)
-
-
-def lookup(name: str, file_values: dict[str, Any] | None = None, default: Any = None) -> Any:
-    """Deprecated raw reader kept for callers outside the package: prefer ``get``."""
-    found = source(name)
-    return default if found is None else found[0]
 
 
 # -- logging ----------------------------------------------------------------------------------

@@ -407,3 +407,16 @@ def test_the_config_file_is_read_again_when_it_changes(sources):
     assert config.get("job_timeout") == 5.0
     sources.write({"job_timeout": 50})
     assert config.get("job_timeout") == 50.0
+
+
+@pytest.mark.parametrize("name, bad, listed", [
+    ("catalog_url", "mysql://root:secret@db/models", "postgresql, sqlite"),
+    ("blob_url", "ftpx://host/models", "s3"),
+])
+def test_a_url_without_a_registered_store_is_refused_at_task_init(name, bad, listed, sources,
+                                                                   tmp_path):
+    sources.write({name: bad})
+    with pytest.raises(ValueError) as info:
+        _init(tmp_path / "store", None)
+    message = str(info.value)
+    assert name in message and listed in message and "secret" not in message

@@ -47,6 +47,7 @@ def _load_path(call: Call) -> Any:
 class CatBoostBinding(Binding):
     key = "catboost"
     framework = "CatBoost"
+    object_modules = {"catboost": "CatBoost"}
     distribution = "catboost"
     requirement = "catboost>=1.0"
     targets = (

@@ -78,6 +78,7 @@ def _existing(call: Call, pre_path: str) -> Location | None:
 class FastAIBinding(Binding):
     key = "fastai"
     framework = "FastAI"
+    object_modules = {"fastai": "FastAI"}
     distribution = "fastai"
     requirement = "fastai>=2.7"
     # fastai models are torch files: a ``pytorch`` wildcard applies when ``fastai`` is not named

@@ -90,6 +90,7 @@ def _loaded_framework(call: Call) -> str | None:
 class JoblibBinding(Binding):
     key = "joblib"
     framework = "ScikitLearn"
+    object_modules = {"sklearn": "ScikitLearn"}
     distribution = "joblib"
     requirement = "joblib>=1.0"
     filter_keys = ("joblib", "scikit")

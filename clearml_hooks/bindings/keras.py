@@ -146,6 +146,7 @@ def _targets() -> tuple[Target, ...]:
 class KerasBinding(Binding):
     key = "keras"
     framework = "Keras"
+    object_modules = {"keras": "Keras", "tf_keras": "Keras"}
     distribution = ("keras", "tf-keras")
     requirement = "keras>=2.13"
     filter_keys = ("keras", "tensorflow")

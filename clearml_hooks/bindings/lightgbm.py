@@ -30,6 +30,7 @@ def _path_only(extract):
 class LightGBMBinding(Binding):
     key = "lightgbm"
     framework = "LightGBM"
+    object_modules = {"lightgbm": "LightGBM"}
     distribution = "lightgbm"
     requirement = "lightgbm>=3.3"
     targets = (

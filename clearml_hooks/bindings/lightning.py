@@ -106,6 +106,7 @@ def _targets(pl: str, fabric: str) -> tuple[Target, ...]:
 class LightningBinding(Binding):
     key = "lightning"
     framework = "PyTorch"
+    object_modules = {"lightning": "Lightning", "pytorch_lightning": "Lightning"}
     distribution = ("lightning", "pytorch-lightning")
     requirement = "lightning>=2.0"
     filter_keys = ("lightning", "pytorch")

@@ -15,6 +15,7 @@ from clearml_hooks.hooks.binding import Binding, Target, arg
 class MegEngineBinding(Binding):
     key = "megengine"
     framework = "MegEngine"
+    object_modules = {"megengine": "MegEngine"}
     distribution = "megengine"
     requirement = "megengine>=1.0"
     targets = (

@@ -9,6 +9,7 @@ from clearml_hooks.hooks.binding import Binding, Target, arg
 class PyTorchBinding(Binding):
     key = "pytorch"
     framework = "PyTorch"
+    object_modules = {"torch": "PyTorch"}
     distribution = "torch"
     requirement = "torch>=1.10"
     targets = (

@@ -127,6 +127,7 @@ _SM_V1 = "tensorflow._api.v2.compat.v1.saved_model"
 class TensorFlowBinding(Binding):
     key = "tensorflow"
     framework = "TensorFlow"
+    object_modules = {"tensorflow": "TensorFlow"}
     distribution = (
         "tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel", "tensorflow-macos",
         "tf-nightly", "tf-nightly-cpu",

@@ -34,6 +34,7 @@ def _file(extract):
 class XGBoostBinding(Binding):
     key = "xgboost"
     framework = "XGBoost"
+    object_modules = {"xgboost": "XGBoost"}
     distribution = ("xgboost", "xgboost-cpu")
     requirement = "xgboost>=1.6"
     targets = (

@@ -107,7 +107,9 @@ class Binding:
     ``key`` is the ``auto_connect_frameworks`` key; ``filter_keys`` the keys whose wildcards
     filter this binding's calls (defaults to ``(key,)``; the first one present in the user's
     dict wins). ``distribution`` + ``requirement`` gate by installed version, read from package
-    metadata without importing the framework.
+    metadata without importing the framework. ``object_modules``: top-level modules whose
+    objects are this framework's models, with their ClearML framework name (a joblib dump of one
+    is registered under it).
     """
 
     key: ClassVar[str]
@@ -116,6 +118,7 @@ class Binding:
     requirement: ClassVar[str] = ""
     filter_keys: ClassVar[tuple[str, ...]] = ()
     targets: ClassVar[tuple[Target, ...]] = ()
+    object_modules: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def keys_for_filter(cls, target: Target) -> tuple[str, ...]:

@@ -380,10 +380,18 @@ class S3Server:
     logfile: Path
     process: subprocess.Popen | None = field(repr=False, default=None)
     _socket_dir: Path | None = field(repr=False, default=None)
+    _ports: tuple[int, ...] = field(repr=False, default=())
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    def _remove_grpc_sockets(self) -> None:
+        """weed also makes ``/tmp/seaweedfs-<part>-grpc-<port>.sock`` whatever TMPDIR says:
+        remove those of this server's ports (never another server's)."""
+        for port in self._ports:
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
     def _request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         url = self.endpoint_url.rstrip("/") + path
@@ -431,6 +439,7 @@ class S3Server:
     def stop(self, remove_data: bool = True) -> None:
         """SIGTERM the weed process by pid (SIGKILL if it lingers) and remove its data."""
         _stop_process(self.process, signal.SIGTERM, timeout=15)
+        self._remove_grpc_sockets()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
         if remove_data:
@@ -505,7 +514,7 @@ def start_s3(workdir, key: str = "clearmlhookstest", secret: str = "clearmlhooks
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         server = S3Server(f"http://{HOST}:{s3_port}", key, secret, region, workdir, logfile, proc,
-                          None if sockdir == workdir else sockdir)
+                          None if sockdir == workdir else sockdir, tuple(used))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if _port_open(s3_port):

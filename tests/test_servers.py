@@ -6,6 +6,7 @@ import importlib
 import os
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -103,7 +104,11 @@ def test_s3_starts_answers_and_stops(tmp_path):
                                 client_kwargs={"endpoint_url": s3.endpoint_url, "region_name": s3.region})
         with pytest.raises((PermissionError, OSError)):
             bad.cat(f"{bucket}/models/model.bin")
+        sockets = [p for p in s3._ports for _ in Path("/tmp").glob(f"seaweedfs-*-grpc-{p}.sock")]
+        assert sockets  # weed made its gRPC sockets in /tmp ...
     finally:
         s3.stop()
     assert not s3.is_running()
     assert not _listening(port)
+    assert not [p for p in s3._ports  # ... and stop() removed them all
+                if list(Path("/tmp").glob(f"seaweedfs-*-grpc-{p}.sock"))]

@@ -243,6 +243,31 @@ def set_task_values(values: Mapping[str, Any] | None) -> None:
     _task_values.update(values)
 
 
+def export_task_values() -> dict[str, str | None]:
+    """Put the ``Task.init(settings=)`` values in ``os.environ`` too, so that the Python
+    children that join the task (spawned ranks, workers) use them; returns what to restore."""
+    saved: dict[str, str | None] = {}
+    for name, value in _task_values.items():
+        env = ENV_PREFIX + name.upper()
+        saved[env] = os.environ.get(env)
+        if isinstance(value, bool):
+            os.environ[env] = "1" if value else "0"
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            os.environ[env] = ",".join(map(str, value))
+        else:
+            os.environ[env] = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    return saved
+
+
+def unexport(saved: Mapping[str, str | None]) -> None:
+    """Undo ``export_task_values`` when the task closes."""
+    for env, old in saved.items():
+        if old is None:
+            os.environ.pop(env, None)
+        else:
+            os.environ[env] = old
+
+
 def _parse(name: str, raw: Any, where: str) -> Any:
     spec = SPECS[name]
     try:

@@ -176,6 +176,8 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 # Python children (spawn, torchrun, subprocess) join this task
                 launch_env.export(task_id, project, name, task_type, auto_connect_frameworks,
                                   output_uri)
+                if launch_env.TASK_ID in os.environ:  # exported (CLEARML_HOOKS_PROPAGATE)
+                    task._saved_env = config.export_task_values()
             else:
                 # rank != 0 or a forked worker re-running the script: one task per run, not per
                 # process; this one captures nothing and registers nothing
@@ -318,6 +320,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 context.set_current(None)
                 config.set_task_values(None)  # Task.init(settings=) last as long as the task
             launch_env.unexport(self.id)
+            config.unexport(self.__dict__.pop("_saved_env", {}))
         if self.inert:
             return
         if not self.attached:  # the process that registered the task reports its end

@@ -420,3 +420,18 @@ def test_a_url_without_a_registered_store_is_refused_at_task_init(name, bad, lis
         _init(tmp_path / "store", None)
     message = str(info.value)
     assert name in message and listed in message and "secret" not in message
+
+
+def test_task_init_settings_reach_the_python_children_of_the_task(sources, tmp_path):
+    """A spawned rank or worker joins the task: it must use the task's settings too."""
+    import subprocess
+    import sys
+
+    sources.write({})
+    code = "from clearml_hooks import config; print(config.get('capture_all_ranks'))"
+    task = _init(tmp_path / "store", {"capture_all_ranks": True})
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.stdout.strip() == "True", child.stderr
+    task.close()
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.stdout.strip() == "False", child.stderr

@@ -282,6 +282,17 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             raise ValueError(f"no task with id {task_id!r}")
         return TaskView(store, row)
 
+    @classmethod
+    def get_tasks(cls, task_ids: Sequence[str] | None = None, project_name: str | None = None,
+                  task_name: str | None = None, tags: Sequence[str] | None = None,
+                  allow_archived: bool = True, task_filter: Any = None) -> list[Task | TaskView]:
+        """Tasks by id, or those whose name matches ``task_name`` (a regular expression, as in
+        ClearML) in ``project_name`` with one of ``tags``, newest first."""
+        if task_ids:
+            return [cls.get_task(task_id=task_id) for task_id in task_ids]
+        ids = cls.query_tasks(project_name=project_name, task_name=task_name, tags=tags)
+        return [cls.get_task(task_id=task_id) for task_id in ids]
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def wait_registered(self, timeout: float | None = 120.0) -> None:

@@ -121,6 +121,11 @@ class TaskCompatMixin:
         row = self.store.catalog.get_task(self.id)  # type: ignore[attr-defined]
         return row["status"] if row else "in_progress"
 
+    @property
+    def status(self) -> str:
+        """ClearML's ``task.status``: the same as ``get_status()``."""
+        return self.get_status()
+
     @classmethod
     def query_tasks(cls, project_name: str | None = None, task_name: str | None = None,
                     tags: Sequence[str] | None = None, additional_return_fields: Any = None,

@@ -112,3 +112,19 @@ def test_get_task_that_does_not_exist_is_a_value_error(tmp_path):
         Task.get_task(project_name="vision", task_name="nope")
     with pytest.raises(ValueError, match="task_id, or task_name"):
         Task.get_task()
+
+
+def test_get_tasks_by_ids_and_by_name_pattern(tmp_path):
+    first = _finished_task(tmp_path, name="sweep-1")
+    second = _finished_task(tmp_path, name="sweep-2")
+    _finished_task(tmp_path, name="other")
+    assert [t.id for t in Task.get_tasks(task_ids=[first, second])] == [first, second]
+    assert [t.name for t in Task.get_tasks(project_name="vision", task_name="^sweep-")] == [
+        "sweep-2", "sweep-1"]
+
+
+def test_the_open_task_has_clearmls_status_attribute():
+    task = Task.init(project_name="p", task_name="t")  # the default store, read back below
+    assert task.status == "in_progress"
+    task.close()
+    assert Task.get_task(task_id=task.id).status == "completed"

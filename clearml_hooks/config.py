@@ -189,6 +189,7 @@ def config_file_path() -> str:
 
 _file_cache: tuple[tuple, dict[str, Any]] = ((), {})
 _file_lock = threading.Lock()
+_warned: set[tuple[str, tuple[str, ...]]] = set()
 log = logging.getLogger("clearml_hooks")
 
 
@@ -218,8 +219,9 @@ def file_values() -> dict[str, Any]:
             return {}
         except Exception as exc:
             raise ValueError(f"clearml-hooks config file {path} is not valid TOML: {exc}") from exc
-        unknown = sorted(set(values) - set(SPECS))
-        if unknown:
+        unknown = tuple(sorted(set(values) - set(SPECS)))
+        if unknown and (path, unknown) not in _warned:
+            _warned.add((path, unknown))
             log.warning("clearml-hooks: config file %s: unknown setting(s) %s ignored; known: %s",
                         path, ", ".join(unknown), ", ".join(SPECS))
         _file_cache = (key, values)

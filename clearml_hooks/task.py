@@ -150,6 +150,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
             except Exception:
                 config.set_task_values(None)
                 raise
+            _check_disabled()
             for key in ignored:  # after the settings, so that log_level applies
                 log.debug("clearml-hooks: Task.init(%s=...) does not apply here; ignored", key)
             from clearml_hooks.store import store_for
@@ -399,6 +400,19 @@ def _selection(auto_connect_frameworks: Any):
     from clearml_hooks.hooks.registry import registry
 
     return parse_auto_connect(auto_connect_frameworks, registry().framework_keys())
+
+
+def _check_disabled() -> None:
+    """A ``disabled`` key that no binding has is a typo, or a framework not installed here."""
+    from clearml_hooks.hooks.registry import registry
+
+    keys = registry().framework_keys()
+    unknown = sorted(config.get("disabled") - {"*", *keys})
+    if unknown:
+        found = config.source("disabled")
+        log.warning("clearml-hooks: setting 'disabled' (from %s) names no known framework: %s; "
+                    "the keys are: %s", found[1] if found else "?", ", ".join(unknown),
+                    ", ".join(keys))
 
 
 def _check_output_uri(output_uri: Any) -> None:

@@ -435,3 +435,20 @@ def test_task_init_settings_reach_the_python_children_of_the_task(sources, tmp_p
     task.close()
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert child.stdout.strip() == "False", child.stderr
+
+
+def test_an_unknown_framework_key_in_disabled_is_a_warning_naming_the_keys(sources, tmp_path,
+                                                                          caplog):
+    sources.write({"disabled": "pytorhc"})
+    with caplog.at_level(logging.WARNING, logger="clearml_hooks"):
+        _init(tmp_path / "store", None)
+    assert "pytorhc" in caplog.text and "pytorch" in caplog.text
+    assert str(sources.path) in caplog.text
+
+
+def test_an_unknown_key_in_the_file_is_a_warning_once(sources, caplog):
+    sources.write({"inline_maxx": 5})
+    with caplog.at_level(logging.WARNING, logger="clearml_hooks"):
+        for _ in range(3):
+            assert config.get("inline_max") == 65536
+    assert caplog.text.count("inline_maxx") == 1

@@ -234,6 +234,10 @@ class Registry:
                 log.debug("clearml-hooks: binding %s (%s) is not available: %s", name, ref, exc)
             except Exception:
                 contract.agent_error(f"loading binding {name!r} from entry point {ref}")
+        if not self.bindings and not self._discovered:
+            log.warning("clearml-hooks: no framework bindings found (entry-point group %s): "
+                        "is clearml-hooks installed (pip install clearml-hooks, or pip install "
+                        "-e . in a source checkout)? Nothing will be captured", ENTRY_POINT_GROUP)
         self._discovered = True
         return added
 

@@ -9,12 +9,13 @@ downloads again only if its bytes differ: no request at all on a cache hit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fsspec.callbacks import Callback
 
@@ -35,27 +36,34 @@ def cached_download(cache_dir: str, uri: str, force: bool) -> str:
     from clearml_hooks.store.cache_records import CacheRecord
     from clearml_hooks.store.safe_paths import safe_name
 
-    name = safe_name(uri.split("?", 1)[0])
+    # the file name is the URL path's last part: no query, no fragment, %-escapes decoded
+    name = safe_name(unquote(urlsplit(uri).path))
     folder = os.path.join(cache_dir, "remote", hashlib.sha256(uri.encode()).hexdigest()[:32])
     target = os.path.join(folder, name)
     record = CacheRecord(folder + ".verified")
-    if not force and (os.path.isdir(target) or _still_verified(record, name, uri, target)):
+    # a folder is only ever a download of a remote folder (never over http), and is ours only
+    # if it is not a symlink to somewhere else
+    cached_folder = not is_http(uri) and os.path.isdir(target) and not os.path.islink(target)
+    if not force and (cached_folder or _still_verified(record, name, uri, target)):
         return target
     from clearml_hooks.store.blobs import sha256_of
     from clearml_hooks.store.cache_records import stamp
 
     fs, remote = _remote_fs(uri)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, temp_name(".fetch"))
+    _remove_dead_downloads(folder)
+    tmp = os.path.join(folder, temp_name(_TEMP))
     sha: str | None = None
     size = 0
+    inode = None
     try:
         if not is_http(uri) and _explained(uri, fs.isdir, remote):  # http has no folders
             _explained(uri, fs.get, remote.rstrip("/") + "/", tmp, recursive=True)
         else:
             _download_file(fs, remote, tmp, uri)
             sha, size = sha256_of(tmp)
-        if os.path.isdir(target):
+            inode = os.lstat(tmp).st_ino
+        if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target)
         elif os.path.lexists(target):
             os.unlink(target)
@@ -65,12 +73,49 @@ def cached_download(cache_dir: str, uri: str, force: bool) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
         elif os.path.lexists(tmp):
             os.unlink(tmp)
-    if sha is None:
+    now = stamp(target)
+    if sha is None or now is None or now[3] != inode:
+        # a folder, or another process replaced the file meanwhile: verified again on next use
         record.forget(name)
     else:
-        record.set(name, {"url": uri, "sha256": sha, "size": size, "stamp": stamp(target)})
+        record.set(name, {"url": uri, "sha256": sha, "size": size, "stamp": now})
     record.save()
     return target
+
+
+_TEMP = ".fetch"  # downloads in progress: <_TEMP>-<pid>-<uuid> next to their target
+
+
+def _remove_dead_downloads(folder: str) -> None:
+    """Remove what downloads of processes that died (kill -9, power loss) left in ``folder``."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for entry in names:
+        parts = entry.split("-")
+        if len(parts) != 3 or parts[0] != _TEMP or not parts[1].isdigit():
+            continue
+        if _alive(int(parts[1])):
+            continue
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, not ours to signal
+    return True
 
 
 def _still_verified(record: Any, key: str, uri: str, target: str) -> bool:
@@ -134,6 +179,14 @@ def _explain(uri: str, exc: BaseException) -> str:
     again = ("; fix the URL, or register the weights again at a reachable one "
              "(update_weights(register_uri=...) or InputModel.import_model)")
     status = getattr(exc, "status", None)
+    if type(exc).__name__ == "TooManyRedirects":
+        return (f"{host} redirected the download of {uri} too many times (a redirect loop?)"
+                + again)
+    if isinstance(exc, TimeoutError):
+        limits = (f" (no byte for {HTTP_READ_TIMEOUT:g} s, or no connection in "
+                  f"{HTTP_CONNECT_TIMEOUT:g} s)" if is_http(uri) else "")
+        return (f"{host} did not answer the download of {uri} in time{limits}: the server is "
+                "stuck or overloaded; try again later" + again)
     if isinstance(exc, FileNotFoundError) or status == 404:
         return f"the model's weights are not at {uri} (not found{', HTTP 404' if is_http(uri) else ''})" + again
     if isinstance(status, int):

@@ -10,14 +10,19 @@ Real processes, real servers, real catalogs; nothing mocked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from clearml_hooks.store import migrations
 from tests.conftest import REPO
@@ -253,3 +258,385 @@ def test_an_old_store_killed_mid_upgrade_is_readable_through_the_api(tmp_path, m
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
             (migrations.HEAD,)]
     conn.close()
+
+
+# == 2. http(s) weights URLs against hostile servers =============================================
+
+
+class RawServer:
+    """An HTTP server on 127.0.0.1 made of a plain socket, so it can misbehave as real ones do:
+    ``handler(conn, path)`` answers one request however it likes. Stopped by ``close()``."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+        self.stop = threading.Event()
+        self.requests: list[str] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.sock.settimeout(0.1)  # accept() wakes up to see ``stop``
+        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(30)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            path = data.split(b" ", 2)[1].decode("latin-1")
+            self.requests.append(path)
+            try:
+                self.handler(conn, path)
+            except OSError:
+                pass  # the client went away
+
+    def wait(self, seconds: float) -> None:
+        """Stall a handler (a server that hangs) until the test ends."""
+        self.stop.wait(seconds)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.threads[0].join(10)
+        self.sock.close()
+        for thread in self.threads[1:]:
+            thread.join(10)
+
+
+@pytest.fixture
+def raw_server():
+    servers: list[RawServer] = []
+
+    def start(handler) -> RawServer:
+        servers.append(RawServer(handler))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _ok(body: bytes, extra: str = "") -> bytes:
+    return (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+def _remote_cache(store_dir: Path) -> Path:
+    return store_dir / "cache" / "remote"
+
+
+def _leftovers(store_dir: Path) -> list[str]:
+    """Temporary files of downloads left in the cache (there must never be any)."""
+    root = _remote_cache(store_dir)
+    return sorted(p.name for p in root.rglob("*") if ".fetch" in p.name) if root.exists() else []
+
+
+def _cached_weights(store_dir: Path) -> list[Path]:
+    root = _remote_cache(store_dir)
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and root in p.parents and p.parent != root) if root.exists() else []
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    """A read timeout of 1 s instead of 120 s, so a hang is seen quickly."""
+    from clearml_hooks.models import downloads
+
+    monkeypatch.setattr(downloads, "HTTP_READ_TIMEOUT", 1.0)
+    monkeypatch.setattr(downloads, "HTTP_CONNECT_TIMEOUT", 2.0)
+
+
+GOOD = b"good weights " * 5000
+
+
+def test_a_server_that_accepts_and_never_answers_fails_in_bounded_time(task, store_dir,
+                                                                      raw_server, short_timeouts):
+    from clearml_hooks import InputModel
+
+    hangs = {
+        "silent": lambda server: lambda conn, path: server[0].wait(60),
+        "status line only": lambda server: lambda conn, path: (
+            conn.sendall(b"HTTP/1.1 200 OK\r\n"), server[0].wait(60)),
+        "half the body, connection kept": lambda server: lambda conn, path: (
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(GOOD)}\r\n\r\n".encode()
+                         + GOOD[:1000]), server[0].wait(60)),
+    }
+    for what, make in hangs.items():
+        box: list[RawServer] = []
+        box.append(raw_server(make(box)))
+        model = InputModel.import_model(f"{box[0].base}/model.pt", name=f"hang {what}")
+        start = time.monotonic()
+        with pytest.raises(ValueError, match=r"did not answer the download .* in time"):
+            model.get_local_copy(raise_on_error=True)
+        assert time.monotonic() - start < 15, what
+        if what == "silent":
+            assert model.get_local_copy() is None  # without raise_on_error: None, not a hang
+        assert _leftovers(store_dir) == [] and _cached_weights(store_dir) == [], what
+
+
+def test_a_body_cut_short_is_never_returned_nor_cached(task, store_dir, raw_server):
+    from clearml_hooks import InputModel
+
+    mode = {"now": "close"}
+
+    def handler(conn, path):
+        if mode["now"] == "close":  # fewer bytes than Content-Length, then the connection drops
+            conn.sendall(_ok(GOOD)[:-1000])
+        elif mode["now"] == "chunked":  # a chunked body cut before its last chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + f"{len(GOOD):x}\r\n".encode() + GOOD + b"\r\n")
+        elif mode["now"] == "huge":  # a Content-Length of a petabyte, 1000 bytes, then closed
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1125899906842624\r\n\r\n"
+                         + GOOD[:1000])
+        else:
+            conn.sendall(_ok(GOOD))
+
+    server = raw_server(handler)
+    model = InputModel.import_model(f"{server.base}/weights.bin")
+    for broken in ("close", "chunked", "huge"):
+        mode["now"] = broken
+        with pytest.raises(ValueError, match="could not download"):
+            model.get_local_copy(raise_on_error=True)
+        assert model.get_local_copy() is None, broken
+        assert _leftovers(store_dir) == [] and _cached_weights(store_dir) == [], broken
+    mode["now"] = "good"
+    path = Path(model.get_local_copy(raise_on_error=True))
+    assert path.read_bytes() == GOOD and path.name == "weights.bin"
+    asked = len(server.requests)
+    mode["now"] = "close"  # a cache hit never asks the (now broken) server again
+    assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == GOOD
+    assert len(server.requests) == asked
+    # a forced download that breaks leaves the good copy in place, and never a partial one
+    with pytest.raises(ValueError, match="could not download"):
+        model.get_local_copy(raise_on_error=True, force_download=True)
+    assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == GOOD
+    assert _leftovers(store_dir) == []
+
+
+def test_a_redirect_loop_is_a_clear_error(task, store_dir, raw_server):
+    from clearml_hooks import InputModel
+
+    def handler(conn, path):
+        target = "/b.pt" if path == "/a.pt" else "/a.pt"
+        conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n".encode())
+
+    server = raw_server(handler)
+    model = InputModel.import_model(f"{server.base}/a.pt")
+    with pytest.raises(ValueError, match=r"redirected the download .* too many times"):
+        model.get_local_copy(raise_on_error=True)
+    assert 2 < len(server.requests) < 100
+    assert _leftovers(store_dir) == [] and _cached_weights(store_dir) == []
+
+
+def test_bytes_that_change_on_the_server_are_never_mixed(task, store_dir, raw_server):
+    from clearml_hooks import InputModel
+
+    version = {"body": b"v1" * 40_000}
+    server = raw_server(lambda conn, path: conn.sendall(_ok(version["body"])))
+    model = InputModel.import_model(f"{server.base}/model.pt")
+    path = Path(model.get_local_copy(raise_on_error=True))
+    assert path.read_bytes() == b"v1" * 40_000
+    version["body"] = b"version two" * 1000  # the server's file changed
+    assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == b"v1" * 40_000
+    assert len(server.requests) == 1, "downloaded once, as documented"
+    assert Path(model.get_local_copy(raise_on_error=True, force_download=True)).read_bytes() == (
+        b"version two" * 1000)
+    with open(path, "r+b") as f:  # the cached copy is damaged: downloaded again, all new bytes
+        f.write(b"XXXX")
+    assert path.read_bytes() != b"version two" * 1000
+    assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == b"version two" * 1000
+    assert len(server.requests) == 3 and _leftovers(store_dir) == []
+
+
+def test_urls_with_queries_fragments_unicode_and_spaces(task, store_dir, tmp_path):
+    import functools
+    import http.server
+
+    from clearml_hooks import InputModel, Model, OutputModel
+
+    root = tmp_path / "served"
+    root.mkdir()
+    files = {"my modèl v2.pt": b"unicode and spaces", "plain.pt": b"plain bytes"}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        cases = [
+            (f"{base}/my modèl v2.pt", "my modèl v2.pt"),
+            (f"{base}/my%20mod%C3%A8l%20v2.pt", "my modèl v2.pt"),
+            (f"{base}/plain.pt?token=a%2Fb&v=2", "plain.pt"),
+            (f"{base}/plain.pt#section", "plain.pt"),
+            (f"{base}/plain.pt?v=3#frag", "plain.pt"),
+        ]
+        paths = set()
+        for url, name in cases:
+            model = InputModel.import_model(url)
+            assert model.url == url
+            path = Path(model.get_local_copy(raise_on_error=True))
+            assert path.name == name, url
+            assert path.read_bytes() == files[name], url
+            assert Path(Model(model.id).get_local_copy(raise_on_error=True)) == path
+            paths.add(path)
+        assert len(paths) == len(cases), "every URL has its own cached copy"
+        out = OutputModel(task=task, name="registered with a query")
+        out.update_weights(register_uri=f"{base}/plain.pt?sig=x y")
+        assert Path(Model(out.id).get_local_copy(raise_on_error=True)).read_bytes() == (
+            b"plain bytes")
+        assert _leftovers(store_dir) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_tampered_cached_copy_is_never_handed_out(task, store_dir, raw_server, tmp_path):
+    from clearml_hooks import InputModel
+
+    server = raw_server(lambda conn, path: conn.sendall(_ok(GOOD)))
+    model = InputModel.import_model(f"{server.base}/model.pt")
+    path = Path(model.get_local_copy(raise_on_error=True))
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"E" * len(GOOD))
+    evil_dir = tmp_path / "evil-dir"
+    evil_dir.mkdir()
+    (evil_dir / "model.pt").write_bytes(b"evil")
+
+    def as_folder(p):
+        p.unlink()
+        p.mkdir()
+        (p / "payload").write_bytes(b"evil")
+
+    def same_size_and_mtime(p):
+        st = p.stat()
+        p.write_bytes(b"E" * len(GOOD))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    tampering = {
+        "truncated": lambda p: os.truncate(p, 10),
+        "same size and mtime": same_size_and_mtime,
+        "symlink to another file": lambda p: (p.unlink(), p.symlink_to(evil)),
+        "symlink to a folder": lambda p: (p.unlink(), p.symlink_to(evil_dir)),
+        "a folder": as_folder,
+        "deleted": lambda p: p.unlink(),
+    }
+    for what, tamper in tampering.items():
+        tamper(path)
+        got = Path(model.get_local_copy(raise_on_error=True))
+        assert got == path, what
+        assert got.is_file() and not got.is_symlink(), what
+        assert got.read_bytes() == GOOD, what
+    assert evil.read_bytes() == b"E" * len(GOOD), "a symlink's target is never written"
+    assert (evil_dir / "model.pt").read_bytes() == b"evil"
+    assert _leftovers(store_dir) == []
+
+
+_SLOW_READER = """
+import hashlib, sys
+from clearml_hooks import Model
+path = Model(sys.argv[1]).get_local_copy(raise_on_error=True)
+print(path, hashlib.sha256(open(path, "rb").read()).hexdigest(), flush=True)
+"""
+
+
+def _slow_body(server: RawServer, body: bytes, pieces: int, pause: float):
+    def handler(conn, path):
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        step = len(body) // pieces + 1
+        for i in range(0, len(body), step):
+            conn.sendall(body[i:i + step])
+            if server.stop.wait(pause):
+                return
+    return handler
+
+
+def test_two_processes_downloading_the_same_url_at_once(task, store_dir, raw_server):
+    from clearml_hooks import InputModel
+
+    body = os.urandom(2_000_000)
+    box: list[RawServer] = []
+    box.append(raw_server(lambda conn, path: _slow_body(box[0], body, 8, 0.1)(conn, path)))
+    model = InputModel.import_model(f"{box[0].base}/big.pt")
+    env = _env(CLEARML_HOOKS_HOME=str(store_dir))
+    procs = [subprocess.Popen([sys.executable, "-c", _SLOW_READER, model.id], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+        outs.append(out.split())
+    want = hashlib.sha256(body).hexdigest()
+    assert all(sha == want for _path, sha in outs)
+    assert len({path for path, _sha in outs}) == 1
+    asked = len(box[0].requests)
+    assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == body
+    assert len(box[0].requests) == asked, "the copy they left is verified: no new request"
+    assert _leftovers(store_dir) == []
+    assert [p.name for p in _cached_weights(store_dir)] == ["big.pt"]
+
+
+_KILLED_READER = """
+import sys
+from clearml_hooks import Model
+print("start", flush=True)
+Model(sys.argv[1]).get_local_copy(raise_on_error=True)
+"""
+
+
+def test_a_download_killed_midway_leaves_nothing_behind(task, store_dir, raw_server):
+    from clearml_hooks import InputModel
+
+    body = os.urandom(1_000_000)
+    sent = threading.Event()
+    mode = {"stall": True}
+
+    def handler(conn, path):
+        if mode["stall"]:  # half the body, then nothing until the reader is killed
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                         + body[:500_000])
+            sent.set()
+            box[0].wait(60)
+        else:
+            conn.sendall(_ok(body))
+
+    box = [raw_server(handler)]
+    model = InputModel.import_model(f"{box[0].base}/model.pt")
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_READER, model.id], cwd=REPO,
+                            env=_env(CLEARML_HOOKS_HOME=str(store_dir)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert sent.wait(30), "the reader never asked"
+        deadline = time.monotonic() + 10
+        while not _leftovers(store_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until its partial file is on disk
+        assert _leftovers(store_dir), "the killed reader was writing a temporary file"
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    mode["stall"] = False
+    path = Path(model.get_local_copy(raise_on_error=True))
+    assert path.read_bytes() == body
+    assert _leftovers(store_dir) == [], "the dead download's partial file is removed"

@@ -73,7 +73,7 @@ def test_an_explicit_iteration_holds_until_tensorboard_passes_it(tb_task, tmp_pa
     writer.close()
 
 
-def test_install_is_idempotent_and_uninstall_restores_exactly(task, tmp_path):
+def test_install_is_idempotent_and_uninstall_restores_exactly(tmp_path):
     from torch.utils.tensorboard.writer import FileWriter
 
     original = FileWriter.__dict__["add_event"]
@@ -164,3 +164,27 @@ def test_clearml_style_training_script(tmp_path):
     assert [v["iteration"] for v in model.snapshots] == [4, 8, 12]
     assert model.iteration == 12
     assert json.loads(task_row["labels"]) == {"zero": 0, "one": 1}
+
+
+# Task.init installs the hook once task.py calls it (hooks/tensorboard.py, install()): until
+# then these two are expected failures, reported as XPASS afterwards (remove the marks then).
+PENDING = pytest.mark.xfail(reason="task.py does not call tensorboard.install() yet",
+                            strict=False)
+
+
+@PENDING
+def test_task_init_installs_the_hook_and_close_removes_it(store_dir, tmp_path):
+    with Task.init(project_name="p", task_name="t", output_uri=str(store_dir)) as task:
+        assert tensorboard.installed() == ["tensorboardX.writer", "torch.utils.tensorboard.writer"]
+        writer = torch_tb.SummaryWriter(log_dir=str(tmp_path / "runs"))
+        writer.add_scalar("loss", 0.5, global_step=5)
+        writer.close()
+        assert task.get_last_iteration() == 5
+    assert tensorboard.installed() == []
+
+
+@PENDING
+def test_auto_connect_frameworks_can_switch_tensorboard_off(store_dir):
+    with Task.init(project_name="p", task_name="t", output_uri=str(store_dir),
+                   auto_connect_frameworks={"tensorboard": False}):
+        assert tensorboard.installed() == []

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from clearml_hooks.store import migrations
 from clearml_hooks.store import schema as s
@@ -138,6 +138,27 @@ class SqlCatalog:
             migrations.ensure_schema(self)
         except migrations.SchemaTooNew as exc:
             raise CatalogError(str(exc)) from None
+        except DBAPIError as exc:
+            problem = self._read_only_problem()
+            if problem is None:
+                raise
+            raise CatalogError(
+                f"cannot open the catalog {problem}: clearml-hooks writes next to it to open it "
+                "(SQLite's WAL journal) and to upgrade a catalog made by an older release; it "
+                "was left unchanged. Make it writable by this user, or copy the store to a "
+                f"writable folder ({exc.orig or exc})") from exc
+
+    def _read_only_problem(self) -> str | None:
+        """What makes a SQLite catalog unwritable (a read-only file or folder), or None."""
+        if not self.is_sqlite:
+            return None
+        path = os.path.abspath(self.url.split("///", 1)[-1])
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            return f"{path}: the file is read-only"
+        folder = os.path.dirname(path)
+        if not os.access(folder, os.W_OK):
+            return f"{path}: its folder {folder} is read-only"
+        return None
 
     def close(self) -> None:
         self.engine.dispose()

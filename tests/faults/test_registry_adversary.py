@@ -260,6 +260,57 @@ def test_an_old_store_killed_mid_upgrade_is_readable_through_the_api(tmp_path, m
     conn.close()
 
 
+
+def _unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply (root ignores them otherwise)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: permissions cannot be enforced")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+
+
+_OPEN_MODEL = f"""
+from clearml_hooks.store.catalog import SqlCatalog
+import os
+print(SqlCatalog("sqlite:///" + os.environ["CLEARML_HOOKS_HOME"] + "/catalog.db")
+      .get_model({CLASSIFIER!r})["name"])
+"""
+
+
+@pytest.mark.parametrize("read_only", ["file and folder", "folder"])
+def test_a_read_only_old_store_is_a_clear_error_and_nothing_is_lost(read_only, tmp_path):
+    home = tmp_path / "old"
+    _older_store(home)
+    db = home / "catalog.db"
+    before = db.read_bytes()
+    try:
+        if read_only == "file and folder":
+            db.chmod(0o444)
+        home.chmod(0o555)
+        out = subprocess.run([*_unprivileged(), sys.executable, "-c", _OPEN_MODEL], cwd=REPO,
+                             env=_env(CLEARML_HOOKS_HOME=str(home)), capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        home.chmod(0o755)
+        db.chmod(0o644)
+    assert out.returncode != 0
+    assert "read-only" in out.stderr and "writable" in out.stderr, out.stderr[-2000:]
+    assert str(db) in out.stderr
+    assert db.read_bytes() == before, "the old catalog is untouched"
+    assert sorted(p.name for p in home.iterdir()) == ["blobs", "catalog.db"]
+    # writable again: it upgrades and reads as if nothing happened
+    from clearml_hooks.store.catalog import SqlCatalog
+
+    catalog = SqlCatalog(f"sqlite:///{db}")
+    try:
+        assert catalog.get_model(CLASSIFIER)["name"] == "classifier"
+        assert [x["state"] for x in catalog.snapshots_of(CLASSIFIER)] == ["ready", "ready"]
+    finally:
+        catalog.close()
+
+
 # == 2. http(s) weights URLs against hostile servers =============================================
 
 

@@ -147,44 +147,44 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 config.validate()  # a bad setting fails here, never later in a hook
                 resolved = Settings.resolve(output_uri=output_uri)
                 _check_output_uri(output_uri)
-            except Exception:
-                config.set_task_values(None)
+                _check_disabled()
+                for key in ignored:  # after the settings, so that log_level applies
+                    log.debug("clearml-hooks: Task.init(%s=...) does not apply here; ignored", key)
+                from clearml_hooks.store import store_for
+                from clearml_hooks.store.capture import Capturer
+
+                store = store_for(resolved)
+                task_id = os.urandom(16).hex()
+                header = {"t": "task", "task": task_id, "project": project, "name": name,
+                          "type": task_type, "tags": list(tags or ()), "ts": time.time(),
+                          "host": os.uname().nodename if hasattr(os, "uname") else "",
+                          "pid": os.getpid()}
+                capturer = Capturer(store, task_id, offline=resolved.offline, task_header=header)
+                task = cls(task_id=task_id, project=project, name=name, task_type=task_type,
+                           tags=tags or (), store=store, capturer=capturer, settings=resolved)
+                from clearml_hooks.hooks import process
+                from clearml_hooks.hooks.registry import registry
+
+                if process.capture_allowed():
+                    capturer.start()  # journaled now; the catalog learns it in the background
+                    registry().instrument(selection, capturer)
+                    from clearml_hooks import task_end
+
+                    task_end.install()  # failed on an exception, stopped on Ctrl-C or SIGTERM
+                    # Python children (spawn, torchrun, subprocess) join this task
+                    launch_env.export(task_id, project, name, task_type, auto_connect_frameworks,
+                                      output_uri)
+                    if launch_env.TASK_ID in os.environ:  # exported (CLEARML_HOOKS_PROPAGATE)
+                        task._saved_env = config.export_task_values()
+                else:
+                    # rank != 0 or a forked worker re-running the script: one task per run, not
+                    # per process; this one captures nothing and registers nothing
+                    task.inert = True
+                    log.debug("clearml-hooks: not rank 0 / a worker process: Task.init is inert")
+                cls._make_current(task)
+            except BaseException:
+                config.set_task_values(None)  # they last as long as the task: there is none
                 raise
-            _check_disabled()
-            for key in ignored:  # after the settings, so that log_level applies
-                log.debug("clearml-hooks: Task.init(%s=...) does not apply here; ignored", key)
-            from clearml_hooks.store import store_for
-            from clearml_hooks.store.capture import Capturer
-
-            store = store_for(resolved)
-            task_id = os.urandom(16).hex()
-            header = {"t": "task", "task": task_id, "project": project, "name": name,
-                      "type": task_type, "tags": list(tags or ()), "ts": time.time(),
-                      "host": os.uname().nodename if hasattr(os, "uname") else "",
-                      "pid": os.getpid()}
-            capturer = Capturer(store, task_id, offline=resolved.offline, task_header=header)
-            task = cls(task_id=task_id, project=project, name=name, task_type=task_type,
-                       tags=tags or (), store=store, capturer=capturer, settings=resolved)
-            from clearml_hooks.hooks import process
-            from clearml_hooks.hooks.registry import registry
-
-            if process.capture_allowed():
-                capturer.start()  # the task is journaled; the catalog learns it in the background
-                registry().instrument(selection, capturer)
-                from clearml_hooks import task_end
-
-                task_end.install()  # failed on an exception, stopped on Ctrl-C or SIGTERM
-                # Python children (spawn, torchrun, subprocess) join this task
-                launch_env.export(task_id, project, name, task_type, auto_connect_frameworks,
-                                  output_uri)
-                if launch_env.TASK_ID in os.environ:  # exported (CLEARML_HOOKS_PROPAGATE)
-                    task._saved_env = config.export_task_values()
-            else:
-                # rank != 0 or a forked worker re-running the script: one task per run, not per
-                # process; this one captures nothing and registers nothing
-                task.inert = True
-                log.debug("clearml-hooks: not rank 0 / a worker process: Task.init is inert")
-            cls._make_current(task)
             return task
 
     @classmethod

@@ -168,6 +168,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 if process.capture_allowed():
                     capturer.start()  # journaled now; the catalog learns it in the background
                     registry().instrument(selection, capturer)
+                    _follow_tensorboard(auto_connect_frameworks)
                     from clearml_hooks import task_end
 
                     task_end.install()  # failed on an exception, stopped on Ctrl-C or SIGTERM
@@ -232,6 +233,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                 # else no capturer.start(): the task record is journaled with the first
                 # snapshot, so a process that captures nothing (another rank, a helper) is free
                 registry().instrument(selection, capturer)
+                _follow_tensorboard(auto_connect_frameworks)
             else:
                 task.inert = True  # another rank, a worker: joins, captures nothing
             cls._make_current(task)
@@ -326,6 +328,9 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
             if Task._current is self:
                 registry().uninstrument()
+                from clearml_hooks.hooks import tensorboard
+
+                tensorboard.uninstall()
             self.closed = True
             if Task._current is self:
                 Task._current = None
@@ -396,17 +401,29 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
 
 def _selection(auto_connect_frameworks: Any):
-    """The filter per framework key; the keys are the bindings' (entry points, README)."""
+    """The filter per framework key; the keys are the bindings' (entry points, README), and
+    ``tensorboard`` (its steps become the task's iteration)."""
+    from clearml_hooks.hooks import tensorboard
     from clearml_hooks.hooks.registry import registry
 
-    return parse_auto_connect(auto_connect_frameworks, registry().framework_keys())
+    return parse_auto_connect(auto_connect_frameworks,
+                              (*registry().framework_keys(), tensorboard.KEY))
+
+
+def _follow_tensorboard(auto_connect_frameworks: Any) -> None:
+    """TensorBoard's steps become the task's iteration, unless switched off."""
+    from clearml_hooks.hooks import tensorboard
+
+    if tensorboard.wanted(auto_connect_frameworks):
+        tensorboard.install()
 
 
 def _check_disabled() -> None:
     """A ``disabled`` key that no binding has is a typo, or a framework not installed here."""
+    from clearml_hooks.hooks import tensorboard
     from clearml_hooks.hooks.registry import registry
 
-    keys = registry().framework_keys()
+    keys = (*registry().framework_keys(), tensorboard.KEY)
     unknown = sorted(config.get("disabled") - {"*", *keys})
     if unknown:
         found = config.source("disabled")

@@ -25,6 +25,7 @@ from clearml_hooks.store import migrations
 from clearml_hooks.store import schema as s
 
 _NO_LOCK = contextlib.nullcontext()
+_PG_MAX_SECONDS = (2**31 - 1) // 1000  # the longest timeout PostgreSQL takes in milliseconds
 
 # Held around every use of a database connection. A fork takes it first (see
 # ``store._before_fork``), so no thread is inside SQLite (whose internal mutexes a child would
@@ -80,7 +81,9 @@ class SqlCatalog:
                 url = "postgresql+psycopg://" + url[len("postgresql://"):]
             # bounded: a server that is down, frozen or never answers fails a call in about
             # ``timeout`` seconds (only the background worker and the API ever wait on it)
-            seconds = max(1, int(self.timeout))
+            # (whole seconds; in milliseconds they must fit libpq's and PostgreSQL's int32, so
+            # a huge timeout is about 24 days, not a connection error)
+            seconds = max(1, int(min(self.timeout, _PG_MAX_SECONDS)))
             connect_args = {"connect_timeout": seconds, "keepalives": 1, "keepalives_idle": 10,
                             "keepalives_interval": 5, "keepalives_count": 3,
                             "tcp_user_timeout": seconds * 1000,

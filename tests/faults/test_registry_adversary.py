@@ -691,3 +691,19 @@ def test_a_download_killed_midway_leaves_nothing_behind(task, store_dir, raw_ser
     path = Path(model.get_local_copy(raise_on_error=True))
     assert path.read_bytes() == body
     assert _leftovers(store_dir) == [], "the dead download's partial file is removed"
+
+
+# == 3. settings: hostile values that must still work =============================================
+
+
+def test_a_huge_catalog_timeout_still_opens_a_postgres_catalog(pg_server):
+    """catalog_timeout accepts any positive number of seconds; a month (or 1e300) must not turn
+    into an 'invalid integer value' from libpq when the catalog connects."""
+    from clearml_hooks.store.catalog import SqlCatalog
+
+    for seconds in (3e6, 1e300):
+        catalog = SqlCatalog(pg_server.url, timeout=seconds)
+        try:
+            assert isinstance(catalog.list_tasks(limit=1), list)
+        finally:
+            catalog.close()

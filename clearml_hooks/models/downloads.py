@@ -148,7 +148,7 @@ def _remote_fs(uri: str) -> tuple[Any, str]:
     try:
         import aiohttp
     except ImportError:
-        raise ValueError(f"downloading {uri} needs aiohttp, which is not installed: "
+        raise ValueError(f"downloading {_redact(uri, uri)} needs aiohttp, which is not installed: "
                          "pip install 'clearml-hooks[http]'") from None
     import fsspec
 
@@ -159,8 +159,8 @@ def _remote_fs(uri: str) -> tuple[Any, str]:
 
 def _download_file(fs: Any, remote: str, tmp: str, uri: str) -> None:
     """One streamed GET (or the store's read) into ``tmp``, with a progress bar on a terminal."""
-    log.info("clearml-hooks: downloading %s", uri)
-    with _Progress(os.path.basename(urlsplit(uri).path) or uri) as progress:
+    log.info("clearml-hooks: downloading %s", _redact(uri, uri))
+    with _Progress(os.path.basename(urlsplit(uri).path) or _redact(uri, uri)) as progress:
         _explained(uri, fs.get_file, remote, tmp, callback=progress)
 
 
@@ -171,7 +171,17 @@ def _explained(uri: str, call: Any, *args: Any, **kwargs: Any) -> Any:
     except ValueError:
         raise
     except Exception as exc:
-        raise ValueError(_explain(uri, exc)) from exc
+        raise ValueError(_redact(uri, _explain(uri, exc))) from exc
+
+
+def _redact(uri: str, text: str) -> str:
+    """``text`` without the password of ``uri`` (``https://user:password@host/...``), so errors
+    and logs never show it."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return text
+    return text.replace(f":{password}@", ":***@") if password else text
 
 
 def _explain(uri: str, exc: BaseException) -> str:

@@ -707,3 +707,20 @@ def test_a_huge_catalog_timeout_still_opens_a_postgres_catalog(pg_server):
             assert isinstance(catalog.list_tasks(limit=1), list)
         finally:
             catalog.close()
+
+
+def test_a_password_in_a_weights_url_never_shows_in_errors_or_logs(task, raw_server, caplog):
+    from clearml_hooks import InputModel
+
+    server = raw_server(lambda conn, path: conn.sendall(
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+    url = server.base.replace("http://", "http://alice:s3cr3t-pw@") + "/model.pt"
+    model = InputModel.import_model(url)
+    with caplog.at_level("DEBUG", logger="clearml_hooks"):
+        with pytest.raises(ValueError) as info:
+            model.get_local_copy(raise_on_error=True)
+        assert model.get_local_copy() is None
+    assert "not found" in str(info.value) and "alice:***@" in str(info.value)
+    assert "s3cr3t-pw" not in str(info.value)
+    assert "s3cr3t-pw" not in caplog.text
+    assert caplog.text, "the failure was logged"

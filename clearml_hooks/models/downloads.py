@@ -74,11 +74,12 @@ def cached_download(cache_dir: str, uri: str, force: bool) -> str:
         elif os.path.lexists(tmp):
             os.unlink(tmp)
     now = stamp(target)
-    if sha is None or now is None or now[3] != inode:
-        # a folder, or another process replaced the file meanwhile: verified again on next use
-        record.forget(name)
-    else:
+    if sha is None:
+        record.forget(name)  # a folder
+    elif now is not None and now[3] == inode:
         record.set(name, {"url": uri, "sha256": sha, "size": size, "stamp": now})
+    # else another process replaced the file meanwhile: its record stands (or, if it has none
+    # yet, the next use re-verifies the file)
     record.save()
     return target
 

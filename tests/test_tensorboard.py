@@ -166,13 +166,6 @@ def test_clearml_style_training_script(tmp_path):
     assert json.loads(task_row["labels"]) == {"zero": 0, "one": 1}
 
 
-# Task.init installs the hook once task.py calls it (hooks/tensorboard.py, install()): until
-# then these two are expected failures, reported as XPASS afterwards (remove the marks then).
-PENDING = pytest.mark.xfail(reason="task.py does not call tensorboard.install() yet",
-                            strict=False)
-
-
-@PENDING
 def test_task_init_installs_the_hook_and_close_removes_it(store_dir, tmp_path):
     with Task.init(project_name="p", task_name="t", output_uri=str(store_dir)) as task:
         assert tensorboard.installed() == ["tensorboardX.writer", "torch.utils.tensorboard.writer"]
@@ -183,7 +176,6 @@ def test_task_init_installs_the_hook_and_close_removes_it(store_dir, tmp_path):
     assert tensorboard.installed() == []
 
 
-@PENDING
 def test_auto_connect_frameworks_can_switch_tensorboard_off(store_dir):
     with Task.init(project_name="p", task_name="t", output_uri=str(store_dir),
                    auto_connect_frameworks={"tensorboard": False}):

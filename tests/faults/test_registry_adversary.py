@@ -129,7 +129,7 @@ def check(kill_at):
             diff = compare_metadata(MigrationContext.configure(conn), s.metadata)
             last = conn.exec_driver_sql(
                 "SELECT value FROM model_metric_last WHERE model_id = ? AND title = 'loss'",
-                (EXPECTED_MODELS[0],)).scalar()
+                (EXPECTED_MODELS[0],)).scalar() if EXPECTED_MODELS else None
             triggers = sorted(r[0] for r in conn.exec_driver_sql(
                 "SELECT name FROM sqlite_master WHERE type = 'trigger'"))
         models = {}
@@ -167,8 +167,11 @@ seen = json.loads(b"".join(chunks))
 os.waitpid(pid, 0)
 # every statement that changes something, and the one after it (reads and PRAGMAs in between
 # change nothing on disk), then COMMIT itself
-points = sorted({k for i, verb in enumerate(seen, 1) if verb not in ("SELECT", "PRAGMA")
-                 for k in (i, i + 1) if k <= len(seen)})
+after = (0, 1) if sys.argv[4] == "and after" else (0,)
+points = sorted({i + d for i, verb in enumerate(seen, 1) if verb not in ("SELECT", "PRAGMA")
+                 for d in after if i + d <= len(seen)})
+if sys.argv[4] == "some writes":  # every third one, and the last
+    points = sorted({*points[::3], points[-1]})
 print(json.dumps({"total": len(seen), "points": len(points)}), flush=True)
 for kill_at in [*points, "commit"]:
     print(json.dumps(check(kill_at)), flush=True)
@@ -207,8 +210,8 @@ def test_kill_9_at_every_statement_of_an_upgrade_never_leaves_it_half_migrated(t
     work = tmp_path / "work"
     work.mkdir()
     out = subprocess.run([sys.executable, "-c", _KILL_EVERYWHERE, str(older), str(work),
-                          json.dumps(ids)], cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=120)
+                          json.dumps(ids), "and after"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
     total, points = lines[0]["total"], lines[0]["points"]
@@ -224,6 +227,26 @@ def test_kill_9_at_every_statement_of_an_upgrade_never_leaves_it_half_migrated(t
         assert {k: {"name": v["name"], "snapshots": [list(x) for x in v["snapshots"]]}
                 for k, v in r["models"].items()} == want["models"], where
     assert sorted(os.listdir(work)) == ["probe"]
+
+
+def test_kill_9_while_a_new_catalog_is_created_never_leaves_it_half_made(tmp_path):
+    """The first open of a new store, killed before every third of its CREATE statements
+    and at COMMIT: the next open finds nothing or everything, and makes it whole at head."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    out = subprocess.run([sys.executable, "-c", _KILL_EVERYWHERE, str(empty), str(work), "[]",
+                          "some writes"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    results = [x for x in lines if "kill_at" in x]
+    assert lines[0]["points"] > 10 and len(results) == lines[0]["points"] + 1
+    for r in results:
+        where = f"killed before statement {r['kill_at']} of {lines[0]['total']}"
+        assert r["killed"] and not r["half"], where
+        assert r["diff"] == [] and "model_scalars_last_insert" in r["triggers"], where
 
 
 def test_an_old_store_killed_mid_upgrade_is_readable_through_the_api(tmp_path, monkeypatch):

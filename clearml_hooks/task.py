@@ -174,7 +174,7 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
                     task_end.install()  # failed on an exception, stopped on Ctrl-C or SIGTERM
                     # Python children (spawn, torchrun, subprocess) join this task
                     launch_env.export(task_id, project, name, task_type, auto_connect_frameworks,
-                                      output_uri)
+                                      output_uri, triggers=registry().trigger_modules())
                     if launch_env.TASK_ID in os.environ:  # exported (CLEARML_HOOKS_PROPAGATE)
                         task._saved_env = config.export_task_values()
                 else:

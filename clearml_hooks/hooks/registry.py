@@ -253,6 +253,15 @@ class Registry:
                 keys.extend(k for t in binding.targets for k in (t.filter_keys or ()))
         return tuple(dict.fromkeys(keys))
 
+    def trigger_modules(self) -> tuple[str, ...]:
+        """Top-level modules of every binding's targets: a child process joins its parent's
+        task on the first import of one (the boot ``sitecustomize`` reads them from the
+        environment, so the list is the bindings', kept nowhere else)."""
+        with self._lock:
+            names = {module.split(".", 1)[0] for binding in self.bindings.values()
+                     for module in binding.watched_modules()}
+        return tuple(sorted(names))
+
     def add_binding(self, binding: type[Binding]) -> None:
         with self._lock:
             if not (isinstance(binding, type) and issubclass(binding, Binding)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 TASK_ID = "CLEARML_HOOKS_TASK_ID"
@@ -19,9 +20,12 @@ FRAMEWORKS = "CLEARML_HOOKS_FRAMEWORKS"  # JSON of auto_connect_frameworks
 OUTPUT_URI = "CLEARML_HOOKS_OUTPUT_URI"
 TASK_STARTED = "CLEARML_HOOKS_TASK_STARTED"  # when the task began, so every process that
 # journals the task record journals the same one
+TRIGGERS = "CLEARML_HOOKS_TRIGGERS"  # comma-separated top-level modules of the bindings: a
+# child joins the task on its first import of one
 PROPAGATE = "CLEARML_HOOKS_PROPAGATE"  # 0: Task.init does not name its task to children
 
-NAMES = (TASK_ID, TASK_PID, PROJECT, TASK_NAME, TASK_TYPE, FRAMEWORKS, OUTPUT_URI, TASK_STARTED)
+NAMES = (TASK_ID, TASK_PID, PROJECT, TASK_NAME, TASK_TYPE, FRAMEWORKS, OUTPUT_URI, TASK_STARTED,
+         TRIGGERS)
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 
@@ -91,7 +95,7 @@ def _output_uri(output_uri: Any) -> str | None:
 
 def export(task_id: str, project: str, name: str, task_type: str,
            auto_connect_frameworks: Any = True, output_uri: Any = None, *,
-           always: bool = False) -> None:
+           triggers: Sequence[str] = (), always: bool = False) -> None:
     """Name this process's task in ``os.environ``, so every Python child started from now on
     (inheriting the environment) joins it. ``CLEARML_HOOKS_PROPAGATE=0`` turns this off for
     ``Task.init`` (not for ``clearml-hooks run``: ``always``)."""
@@ -102,6 +106,7 @@ def export(task_id: str, project: str, name: str, task_type: str,
         TASK_ID: task_id, TASK_PID: str(os.getpid()), TASK_STARTED: repr(time.time()),
         PROJECT: project, TASK_NAME: name,
         TASK_TYPE: task_type, OUTPUT_URI: _output_uri(output_uri), FRAMEWORKS: None,
+        TRIGGERS: ",".join(triggers) or None,
     }
     if auto_connect_frameworks is not True:
         import json  # (not on run's way to starting the command in the common case)

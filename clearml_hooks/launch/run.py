@@ -72,6 +72,15 @@ def end_status(returncode: int) -> str:
     return "failed"
 
 
+def _trigger_modules() -> tuple[str, ...]:
+    """The modules whose first import makes a child join the task: the bindings' own."""
+    from clearml_hooks.hooks.registry import registry
+
+    reg = registry()
+    reg.discover_entry_points()
+    return reg.trigger_modules()
+
+
 def check_options(auto_connect_frameworks: Any, output_uri: str | None) -> None:
     """Bad options fail before the command starts (``ValueError``), importing little."""
     from clearml_hooks.hooks.selection import parse_auto_connect
@@ -106,7 +115,8 @@ def run_command(command: Sequence[str], *, project: str | None = None,
     task_id = os.urandom(16).hex()
     project = project or "default"
     task_name = task_name or default_task_name(command)
-    env.export(task_id, project, task_name, "training", auto_connect, output_uri, always=True)
+    env.export(task_id, project, task_name, "training", auto_connect, output_uri,
+               triggers=_trigger_modules(), always=True)
     tasks: list[Any] = []
 
     def open_task() -> None:

@@ -18,11 +18,9 @@ import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-# top-level modules whose first import joins the task (the frameworks that bindings hook)
-_TRIGGERS = frozenset((
-    "torch", "tensorflow", "keras", "tf_keras", "sklearn", "joblib", "xgboost", "catboost",
-    "lightgbm", "fastai", "megengine", "lightning", "pytorch_lightning", "lightning_fabric",
-))
+# top-level modules whose first import joins the task: the bindings' (``Registry.
+# trigger_modules``), put in the environment by the process that named the task
+_TRIGGERS = frozenset(filter(None, os.environ.get("CLEARML_HOOKS_TRIGGERS", "").split(",")))
 
 
 def _join() -> None:
@@ -71,8 +69,8 @@ def _install() -> None:
         return
     if _forkserver():
         os.environ["CLEARML_HOOKS_FORKSERVER_PID"] = str(os.getpid())
-    if any(name in sys.modules for name in _TRIGGERS):  # cannot be, but never miss one
-        _join()
+    if not _TRIGGERS or any(name in sys.modules for name in _TRIGGERS):
+        _join()  # no list (an older parent): join at once; a framework loaded: never miss it
     else:
         sys.meta_path.insert(0, _JoinOnFrameworkImport())
 

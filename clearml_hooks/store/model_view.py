@@ -80,9 +80,8 @@ def model_rows(catalog: SqlCatalog, ids: Sequence[str]) -> list[dict]:
     return out
 
 
-def model_detail(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
-    """Everything the model page shows but metrics: properties, labels, design, metadata,
-    versions with their files, and lineage. ``UnknownModel`` for an unknown id."""
+def _model_with_design(catalog: SqlCatalog, model_id: str) -> tuple[Any, dict[str, Any]]:
+    """The model's row and its JSON with labels and design text; ``UnknownModel`` if none."""
     rows = model_rows(catalog, [model_id])
     if not rows:
         raise UnknownModel(model_id)
@@ -90,6 +89,13 @@ def model_detail(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
     info = model_json(row)
     info["labels"] = json.loads(row["labels"])
     info["config_text"] = row["config_text"]
+    return row, info
+
+
+def model_detail(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
+    """Everything the model page shows but metrics: properties, labels, design, metadata,
+    versions with their files, and lineage. ``UnknownModel`` for an unknown id."""
+    row, info = _model_with_design(catalog, model_id)
     info["config_dict"] = json.loads(row["config_dict"]) if row["config_dict"] else None
     tm, t, p, sn, sf, md = (s.task_models, s.tasks, s.projects, s.snapshots, s.snapshot_files,
                             s.model_metadata)
@@ -155,13 +161,7 @@ def model_detail(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
 def model_summary(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
     """One model for ``clearml-hooks models show``: its fields, labels, metadata, snapshots and
     the latest value of each scalar series. ``UnknownModel`` for an unknown id."""
-    rows = model_rows(catalog, [model_id])
-    if not rows:
-        raise UnknownModel(model_id)
-    row = rows[0]
-    info = model_json(row)
-    info["labels"] = json.loads(row["labels"])
-    info["config_text"] = row["config_text"]
+    row, info = _model_with_design(catalog, model_id)
     info["metadata"] = model_ops.get_metadata(catalog, model_id)
     info["snapshots"] = [
         {"version": x["version"], "iteration": x["iteration"], "state": x["state"],

@@ -13,7 +13,8 @@ from clearml_hooks.store.recovery import recover
 from tests.conftest import run_script
 
 
-def test_a_malformed_record_fails_alone_and_the_others_are_stored(tmp_path):
+def _offline_run_with_one_good_snapshot(tmp_path: Path) -> tuple[Path, dict, Path]:
+    """An offline run that journaled one good snapshot: (store, its header, the segment)."""
     store_dir = tmp_path / "store"
     script = tmp_path / "offline.py"
     script.write_text(textwrap.dedent(f"""
@@ -26,9 +27,13 @@ def test_a_malformed_record_fails_alone_and_the_others_are_stored(tmp_path):
     assert out.returncode == 0, out.stderr
     (journal,) = describe(str(store_dir / "journal"))
     good = next(r.header for r in journal.pending if r.header["t"] == "snap")
+    return store_dir, good, sorted(Path(journal.path).glob("*.log"))[-1]
+
+
+def test_a_malformed_record_fails_alone_and_the_others_are_stored(tmp_path):
+    store_dir, good, segment = _offline_run_with_one_good_snapshot(tmp_path)
     bad = {**good, "rid": "b" * 32, "files": [{"rel": "x.bin", "size": 5, "how": "link"}],
            "n": 0}  # a staged entry without its path: cannot be read, is not a service fault
-    segment = sorted(Path(journal.path).glob("*.log"))[-1]
     with open(segment, "ab") as f:
         f.write(json.dumps(bad).encode() + b"\n")
     store = store_for(Settings.resolve(home=str(store_dir)))
@@ -44,21 +49,9 @@ def test_a_malformed_record_fails_alone_and_the_others_are_stored(tmp_path):
 def test_an_inline_record_shorter_than_its_files_fails_alone(tmp_path):
     """A record whose inline payload is shorter than the sizes its header lists (a damaged
     journal) fails with that reason; the good snapshot of the same batch is stored."""
-    store_dir = tmp_path / "store"
-    script = tmp_path / "offline.py"
-    script.write_text(textwrap.dedent(f"""
-        from clearml_hooks import Task, OutputModel
-        task = Task.init(project_name="p", task_name="short", output_uri={str(store_dir)!r})
-        open({str(tmp_path / 'w.bin')!r}, "wb").write(b"good bytes")
-        OutputModel(name="good").update_weights({str(tmp_path / 'w.bin')!r})
-    """))
-    out = run_script(script, env={"CLEARML_HOOKS_OFFLINE": "1"})
-    assert out.returncode == 0, out.stderr
-    (journal,) = describe(str(store_dir / "journal"))
-    good = next(r.header for r in journal.pending if r.header["t"] == "snap")
+    store_dir, good, segment = _offline_run_with_one_good_snapshot(tmp_path)
     bad = {**good, "rid": "c" * 32, "files": [{"rel": "x.bin", "size": 50, "how": "inline"}],
            "n": 5}
-    segment = sorted(Path(journal.path).glob("*.log"))[-1]
     with open(segment, "ab") as f:
         f.write(json.dumps(bad).encode() + b"\n" + b"12345")
     store = store_for(Settings.resolve(home=str(store_dir)))

@@ -10,6 +10,7 @@ downloads again only if its bytes differ: no request at all on a cache hit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -185,6 +186,10 @@ def _redact(uri: str, text: str) -> str:
     return text.replace(f":{password}@", ":***@") if password else text
 
 
+_LOCAL_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                       errno.EPERM}
+
+
 def _explain(uri: str, exc: BaseException) -> str:
     host = urlsplit(uri).hostname or uri
     again = ("; fix the URL, or register the weights again at a reachable one "
@@ -205,6 +210,13 @@ def _explain(uri: str, exc: BaseException) -> str:
         hint = (" (check access: credentials, or a signed URL that expired)"
                 if status in (401, 403) else "")
         return f"{host} refused the download of {uri}: HTTP {status} {reason}".rstrip() + hint + again
+    if (isinstance(exc, OSError) and exc.errno in _LOCAL_WRITE_ERRORS
+            and not type(exc).__module__.startswith("aiohttp")):
+        # the server answered; this machine could not keep the bytes (disk full, file size
+        # limit, quota, read-only or unwritable cache)
+        return (f"could not save the download of {uri} into the model cache: "
+                f"{type(exc).__name__}: {exc}; free disk space or make the cache folder "
+                "writable (the store's home, CLEARML_HOOKS_HOME), then try again")
     if isinstance(exc, (TimeoutError, ConnectionError, OSError)) or "Connect" in type(exc).__name__:
         return (f"cannot reach {host} to download {uri}: {type(exc).__name__}: {exc}; check the "
                 "URL and that this machine can reach the server (network, proxy, VPN, firewall)")

@@ -763,3 +763,35 @@ def test_a_password_in_a_weights_url_never_shows_in_errors_or_logs(task, raw_ser
     assert "s3cr3t-pw" not in str(info.value)
     assert "s3cr3t-pw" not in caplog.text
     assert caplog.text, "the failure was logged"
+
+
+_FULL_DISK_READER = """
+import resource, signal, sys
+from clearml_hooks import Model
+model = Model(sys.argv[1])
+model.name  # the store is open before the limit
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, resource.RLIM_INFINITY))
+try:
+    model.get_local_copy(raise_on_error=True)
+except ValueError as exc:
+    print(exc)
+"""
+
+
+def test_a_full_disk_is_not_reported_as_an_unreachable_server(task, store_dir, raw_server):
+    """A download the machine cannot keep (disk full, file size limit) says so, leaves no
+    partial file, and the next read with room gets the whole file."""
+    from clearml_hooks import InputModel
+
+    body = os.urandom(2_000_000)
+    server = raw_server(lambda conn, path: conn.sendall(_ok(body)))
+    model = InputModel.import_model(f"{server.base}/model.pt")
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK_READER, model.id], cwd=REPO,
+                         env=_env(CLEARML_HOOKS_HOME=str(store_dir)), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "could not save the download" in out.stdout and "File too large" in out.stdout
+    assert "cannot reach" not in out.stdout
+    assert _leftovers(store_dir) == [] and _cached_weights(store_dir) == []
+    assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == body

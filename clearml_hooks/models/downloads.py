@@ -38,7 +38,7 @@ def cached_download(cache_dir: str, uri: str, force: bool) -> str:
     from clearml_hooks.store.safe_paths import safe_name
 
     # the file name is the URL path's last part: no query, no fragment, %-escapes decoded
-    name = safe_name(unquote(urlsplit(uri).path))
+    name = _fit(safe_name(unquote(urlsplit(uri).path)))
     folder = os.path.join(cache_dir, "remote", hashlib.sha256(uri.encode()).hexdigest()[:32])
     target = os.path.join(folder, name)
     record = CacheRecord(folder + ".verified")
@@ -83,6 +83,19 @@ def cached_download(cache_dir: str, uri: str, force: bool) -> str:
     # yet, the next use re-verifies the file)
     record.save()
     return target
+
+
+def _fit(name: str, limit: int = 255) -> str:
+    """``name`` within the filesystem's limit on a name's bytes: a long stem is shortened, the
+    extension kept (a URL's path can be longer than any file name)."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > limit // 2:
+        stem, ext = name, ""
+    while stem and len(os.fsencode(stem + ext)) > limit:
+        stem = stem[:-1]
+    return stem + ext
 
 
 _TEMP = ".fetch"  # downloads in progress: <_TEMP>-<pid>-<uuid> next to their target

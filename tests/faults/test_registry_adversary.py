@@ -795,3 +795,17 @@ def test_a_full_disk_is_not_reported_as_an_unreachable_server(task, store_dir, r
     assert "cannot reach" not in out.stdout
     assert _leftovers(store_dir) == [] and _cached_weights(store_dir) == []
     assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == body
+
+
+def test_a_url_whose_file_name_is_longer_than_the_filesystem_allows(task, store_dir, raw_server):
+    from clearml_hooks import InputModel
+
+    server = raw_server(lambda conn, path: conn.sendall(_ok(GOOD)))
+    stem = "checkpoint-" + "é" * 150  # 311 bytes of UTF-8: longer than any file name
+    model = InputModel.import_model(f"{server.base}/{stem}.safetensors?sig=abc")
+    path = Path(model.get_local_copy(raise_on_error=True))
+    assert path.read_bytes() == GOOD
+    assert len(os.fsencode(path.name)) <= 255 and path.name.endswith(".safetensors")
+    assert path.name.startswith("checkpoint-éé")
+    assert Path(model.get_local_copy(raise_on_error=True)) == path
+    assert len(server.requests) == 1 and _leftovers(store_dir) == []

@@ -143,6 +143,12 @@ class SqlCatalog:
             raise CatalogError(str(exc)) from None
         except DBAPIError as exc:
             problem = self._read_only_problem()
+            if problem is None and self.is_sqlite and "not a database" in str(exc.orig):
+                path = os.path.abspath(self.url.split("///", 1)[-1])
+                raise CatalogError(
+                    f"the catalog {path} is not a SQLite database (damaged, or another "
+                    "program's file); it was left unchanged: restore it from a backup, or move it "
+                    "aside to start a new catalog") from exc
             if problem is None:
                 raise
             raise CatalogError(

@@ -809,3 +809,14 @@ def test_a_url_whose_file_name_is_longer_than_the_filesystem_allows(task, store_
     assert path.name.startswith("checkpoint-éé")
     assert Path(model.get_local_copy(raise_on_error=True)) == path
     assert len(server.requests) == 1 and _leftovers(store_dir) == []
+
+
+def test_a_catalog_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    from clearml_hooks.store.catalog import CatalogError, SqlCatalog
+
+    db = tmp_path / "catalog.db"
+    junk = b"PK\x03\x04 this is a zip, not a catalog" * 200
+    db.write_bytes(junk)
+    with pytest.raises(CatalogError, match=r"catalog\.db is not a SQLite database.*left unchanged"):
+        SqlCatalog(f"sqlite:///{db}")
+    assert db.read_bytes() == junk

@@ -33,7 +33,6 @@ def is_http(uri: str) -> bool:
 
 def cached_download(cache_dir: str, uri: str, force: bool) -> str:
     """A verified local copy of the remote file (or folder) at ``uri`` in ``cache_dir``."""
-    from clearml_hooks.store.blobs import temp_name
     from clearml_hooks.store.cache_records import CacheRecord
     from clearml_hooks.store.safe_paths import safe_name
 
@@ -53,7 +52,7 @@ def cached_download(cache_dir: str, uri: str, force: bool) -> str:
     fs, remote = _remote_fs(uri)
     os.makedirs(folder, exist_ok=True)
     _remove_dead_downloads(folder)
-    tmp = os.path.join(folder, temp_name(_TEMP))
+    tmp = os.path.join(folder, _temp_name())
     sha: str | None = None
     size = 0
     inode = None
@@ -98,22 +97,48 @@ def _fit(name: str, limit: int = 255) -> str:
     return stem + ext
 
 
-_TEMP = ".fetch"  # downloads in progress: <_TEMP>-<pid>-<uuid> next to their target
+_TEMP = ".fetch"  # downloads in progress: <_TEMP>-<pid>-<uuid>.<host> next to their target
+_STALE = 3600.0  # seconds without a write after which any host's download is dead
+
+
+def _host() -> str:
+    """This machine, in temporary names: a pid says whether a download is alive only on the
+    machine that started it (a cache on a shared home folder is seen by many)."""
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_name() -> str:
+    import uuid
+
+    return f"{_TEMP}-{os.getpid()}-{uuid.uuid4().hex}.{_host()}"
 
 
 def _remove_dead_downloads(folder: str) -> None:
-    """Remove what downloads of processes that died (kill -9, power loss) left in ``folder``."""
+    """Remove what downloads of processes that died (kill -9, power loss) left in ``folder``:
+    this machine's whose process is gone, and anyone's untouched for an hour."""
+    import time
+
     try:
         names = os.listdir(folder)
     except OSError:
         return
+    host = _host()
     for entry in names:
-        parts = entry.split("-")
+        parts = entry.split("-", 2)
         if len(parts) != 3 or parts[0] != _TEMP or not parts[1].isdigit():
             continue
-        if _alive(int(parts[1])):
-            continue
         path = os.path.join(folder, entry)
+        here = parts[2].rsplit(".", 1)[-1] == host
+        if here and _alive(int(parts[1])):
+            continue
+        if not here:
+            try:
+                if time.time() - os.lstat(path).st_mtime < _STALE:
+                    continue
+            except OSError:
+                continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:

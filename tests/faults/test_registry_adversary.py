@@ -820,3 +820,26 @@ def test_a_catalog_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     with pytest.raises(CatalogError, match=r"catalog\.db is not a SQLite database.*left unchanged"):
         SqlCatalog(f"sqlite:///{db}")
     assert db.read_bytes() == junk
+
+
+def test_downloads_of_other_machines_sharing_the_cache_are_left_alone(task, store_dir,
+                                                                      raw_server):
+    """A home folder on NFS is one cache for many machines: a partial download named after a
+    pid is removed only if that pid is this machine's and dead, or it is an hour old."""
+    from clearml_hooks import InputModel
+    from clearml_hooks.models.downloads import _host
+
+    server = raw_server(lambda conn, path: conn.sendall(_ok(GOOD)))
+    model = InputModel.import_model(f"{server.base}/model.pt")
+    path = Path(model.get_local_copy(raise_on_error=True))
+    other = path.parent / f".fetch-{os.getpid() + 999_999}-{'a' * 32}.0another"
+    other_old = path.parent / f".fetch-{os.getpid() + 999_999}-{'b' * 32}.0another"
+    ours_dead = path.parent / f".fetch-{2**22 + 12345}-{'c' * 32}.{_host()}"  # no such pid
+    for p in (other, other_old, ours_dead):
+        p.write_bytes(b"partial")
+    os.utime(other_old, (time.time() - 7200, time.time() - 7200))
+    path.write_bytes(b"damaged")  # so the next read downloads (and cleans up)
+    assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == GOOD
+    assert other.exists(), "another machine's live download is never touched"
+    assert not other_old.exists(), "an hour-old partial download is removed"
+    assert not ours_dead.exists(), "this machine's dead download is removed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -199,7 +200,14 @@ def file_values() -> dict[str, Any]:
     path = config_file_path()
     try:
         st = os.stat(path)
-    except OSError:
+    except OSError as exc:
+        if os.environ.get("CLEARML_HOOKS_CONFIG"):  # named on purpose: a typo must not pass
+            _warn_once(path, f"clearml-hooks: config file {path} (CLEARML_HOOKS_CONFIG) cannot "
+                             f"be read ({exc.strerror}); its settings are not applied")
+        return {}
+    if not stat.S_ISREG(st.st_mode):
+        _warn_once(path, f"clearml-hooks: config file {path} is not a file; its settings are "
+                         "not applied")
         return {}
     key = (path, st.st_mtime_ns, st.st_size, st.st_ino)
     cached_key, values = _file_cache
@@ -215,7 +223,9 @@ def file_values() -> dict[str, Any]:
         try:
             with open(path, "rb") as f:
                 values = tomllib.load(f)
-        except OSError:
+        except OSError as exc:
+            _warn_once(path, f"clearml-hooks: config file {path} cannot be read "
+                             f"({exc.strerror}); its settings are not applied")
             return {}
         except Exception as exc:
             raise ValueError(f"clearml-hooks config file {path} is not valid TOML: {exc}") from exc
@@ -228,19 +238,35 @@ def file_values() -> dict[str, Any]:
         return values
 
 
+def _warn_once(path: str, message: str) -> None:
+    if (path, (message,)) not in _warned:
+        _warned.add((path, (message,)))
+        log.warning("%s", message)
+
+
+def _unset(value: Any) -> bool:
+    """An empty or blank value means "not set" wherever it comes from, as an empty
+    environment variable does: the next source applies."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 _task_values: dict[str, Any] = {}
 
 
 def set_task_values(values: Mapping[str, Any] | None) -> None:
     """The settings given to ``Task.init(settings=...)``: they win over everything else until
     the task closes (``None``). Raises ``ValueError`` for an unknown name or a bad value."""
+    if values is not None and not isinstance(values, Mapping):
+        raise ValueError("Task.init(settings=...) takes a dict of setting names to values, "
+                         f"such as {{'exit_timeout': 30}}, not {type(values).__name__}")
     values = dict(values or {})
-    unknown = sorted(set(values) - set(SPECS))
+    unknown = sorted(map(repr, set(values) - set(SPECS)))
     if unknown:
         raise ValueError(f"Task.init(settings=...): unknown setting(s) {', '.join(unknown)}; "
                          f"known: {', '.join(SPECS)}")
     for name, value in values.items():
-        _parse(name, value, "Task.init(settings=...)")
+        if not _unset(value):
+            _parse(name, value, "Task.init(settings=...)")
     _task_values.clear()
     _task_values.update(values)
 
@@ -294,14 +320,14 @@ def source(name: str) -> tuple[Any, str] | None:
     """The raw value of a setting and where it comes from, or None when it is not set."""
     if name not in SPECS:
         raise KeyError(f"unknown clearml-hooks setting {name!r}; known: {', '.join(SPECS)}")
-    if name in _task_values:
+    if not _unset(_task_values.get(name)):
         return _task_values[name], "Task.init(settings=...)"
     env_name = ENV_PREFIX + name.upper()
     env = os.environ.get(env_name)
-    if env not in (None, ""):
+    if not _unset(env):
         return env, env_name
     values = file_values()
-    if name in values:
+    if not _unset(values.get(name)):
         return values[name], f"{name} in {config_file_path()}"
     return None
 

@@ -452,3 +452,35 @@ def test_an_unknown_key_in_the_file_is_a_warning_once(sources, caplog):
         for _ in range(3):
             assert config.get("inline_max") == 65536
     assert caplog.text.count("inline_maxx") == 1
+
+
+@pytest.mark.parametrize("where", ["init", "file"])
+def test_an_empty_value_falls_through_to_the_next_source(where, sources, tmp_path, monkeypatch):
+    """As an empty environment variable does: ``home = ""`` in settings= or in the file is
+    "not set", so CLEARML_HOOKS_HOME (or the file below settings=) still applies."""
+    wanted = tmp_path / "wanted"
+    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(wanted))
+    sources.write({"home": "   "} if where == "file" else {})
+    task = _init(None, {"home": ""} if where == "init" else None)
+    try:
+        assert task.store.home == str(wanted)
+    finally:
+        task.close()
+
+
+@pytest.mark.parametrize("bad", ["x", ["exit_timeout"], {1: 2}])
+def test_a_settings_argument_that_is_not_a_dict_of_names_says_so(bad, tmp_path):
+    with pytest.raises(ValueError, match=r"settings="):
+        _init(tmp_path / "store", bad)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_a_config_file_named_but_unreadable_is_a_warning(kind, sources, caplog, tmp_path):
+    """CLEARML_HOOKS_CONFIG names a file on purpose: a typo must not silently drop every
+    setting."""
+    if kind == "folder":
+        sources.path.mkdir()
+    with caplog.at_level(logging.WARNING, logger="clearml_hooks"):
+        for _ in range(2):
+            assert config.get("inline_max") == 65536
+    assert caplog.text.count(str(sources.path)) == 1

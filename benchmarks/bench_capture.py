@@ -1,12 +1,13 @@
 """The capture contract's costs as a user meets them (issue 7), side by side in one run.
 
-Run: python benchmarks/bench_capture.py [--only small|exit|lateness] [--repeats 7]
+Run: python benchmarks/bench_capture.py [--only small|exit|lateness|breakdown] [--repeats 7]
 
 - small: training-thread cost of a captured small ``torch.save`` over the same save filtered
   out, at rest and while the background worker stores a large snapshot; and how much a
   filtered-out save slows down while the worker stores (vs. the agent off).
 - exit: process wall time of ``Task.init`` + exit with nothing saved, over the same script
   without it (fresh interpreters, interleaved, medians).
+- breakdown: training-thread CPU time of the pieces of a captured small save, one by one.
 - lateness: p99 lateness of a 1 ms timer loop in the main thread while a 1 GiB snapshot is
   stored in the background, vs. the same loop with nothing stored.
 """
@@ -173,11 +174,51 @@ def lateness(size_mb: int, repeats: int) -> dict:
     """))
 
 
+def breakdown(calls: int = 3000) -> dict:
+    """Training-thread CPU time (``time.thread_time_ns``, medians) of the pieces of a captured
+    small save, each called on its own: where the small save's cost goes."""
+    return json.loads(_python(f"""
+        import json, os, shutil, statistics, tempfile, time
+        import torch
+        from clearml_hooks import Task
+        from clearml_hooks.hooks import process
+        from clearml_hooks.hooks.binding import Location
+        from clearml_hooks.store import staging
+        from clearml_hooks.store.catalog import new_id
+        tmp = tempfile.mkdtemp()
+        try:
+            task = Task.init(project_name="bench", task_name="parts", output_uri=tmp + "/store",
+                             auto_connect_frameworks={{"pytorch": "final*.pt"}})
+            path = os.path.join(tmp, "final.pt")
+            torch.save({{"w": torch.randn(256)}}, path)
+            def cpu_us(fn):
+                samples = []
+                for _ in range({calls}):
+                    t = time.thread_time_ns(); fn(); samples.append(time.thread_time_ns() - t)
+                return statistics.median(samples) / 1e3
+            location, capturer, journal = Location(path), task.capturer, task.store.journal
+            header = {{"t": "bench", "rid": "a" * 32, "src": path, "files": []}}
+            out = {{
+                "capturer_saved_us": cpu_us(lambda: capturer.saved(None, location, "PyTorch")),
+                "stage_file_inline_us": cpu_us(lambda: staging.stage_file(
+                    path, None, inline_max=65536, force_copy=False, min_free=0)),
+                "journal_append_1500_bytes_us": cpu_us(lambda: journal.append(header,
+                                                                              b"x" * 1500)),
+                "new_id_us": cpu_us(new_id),
+                "capture_allowed_us": cpu_us(process.capture_allowed),
+            }}
+            task.close()
+            print(json.dumps(out))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    """, env={"CLEARML_HOOKS_EXIT_TIMEOUT": "0"}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--only", choices=["small", "exit", "lateness"])
+    parser.add_argument("--only", choices=["small", "exit", "lateness", "breakdown"])
     args = parser.parse_args()
     results = {}
     if args.only in (None, "small"):
@@ -189,6 +230,9 @@ def main() -> None:
     if args.only in (None, "lateness"):
         results["lateness"] = lateness(args.size_mb, max(3, args.repeats // 2))
         print("lateness", results["lateness"], flush=True)
+    if args.only in (None, "breakdown"):
+        results["breakdown"] = breakdown()
+        print("breakdown", results["breakdown"], flush=True)
     print(json.dumps(results, indent=2))
 
 

@@ -321,3 +321,16 @@ def test_export_and_unexport_restore_the_environment(monkeypatch):
     launch_env.unexport("t1")
     assert os.environ["PYTHONPATH"] == "/theirs"
     assert not any(name in os.environ for name in launch_env.NAMES)
+
+
+def test_the_modules_children_join_on_are_the_bindings_own():
+    """``run`` reads them from the entry points without the registry (it is on the way to the
+    command's start); ``Task.init`` from its registry: the same list, with every framework."""
+    from clearml_hooks.hooks.registry import registry
+    from clearml_hooks.launch.run import _trigger_modules
+
+    reg = registry()
+    reg.discover_entry_points()
+    assert _trigger_modules() == reg.trigger_modules()
+    assert {"torch", "tensorflow", "keras", "joblib", "xgboost", "catboost", "lightgbm",
+            "fastai", "megengine", "lightning"} <= set(_trigger_modules())

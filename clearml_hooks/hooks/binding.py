@@ -7,8 +7,10 @@ imports nothing heavy: it is loaded by ``Task.init`` before any framework is imp
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Literal
+
+ENTRY_POINT_GROUP = "clearml_hooks.bindings"  # the one list of frameworks (pyproject.toml)
 
 Side = Literal["save", "load"]
 LocationKind = Literal["file", "dir", "files"]
@@ -131,6 +133,13 @@ class Binding:
             mods.add(t.module)
             mods.update(a.split(":", 1)[0] for a in t.aliases)
         return mods
+
+
+def top_level_modules(bindings: Iterable[type[Binding]]) -> tuple[str, ...]:
+    """Top-level modules of the bindings' targets: a child process joins its parent's task on
+    its first import of one (the boot ``sitecustomize`` reads them from the environment)."""
+    return tuple(sorted({module.split(".", 1)[0] for binding in bindings
+                         for module in binding.watched_modules()}))
 
 
 # -- helpers that bindings use to describe arguments ------------------------------------------

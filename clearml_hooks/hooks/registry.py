@@ -15,14 +15,20 @@ import threading
 from typing import Any, Protocol
 
 from clearml_hooks.hooks import contract, process
-from clearml_hooks.hooks.binding import Binding, Call, Location, Target
+from clearml_hooks.hooks.binding import (
+    ENTRY_POINT_GROUP,
+    Binding,
+    Call,
+    Location,
+    Target,
+    top_level_modules,
+)
 from clearml_hooks.hooks.filters import PathFilter, compile_filter
 from clearml_hooks.hooks.importer import finder
 from clearml_hooks.hooks.selection import Selection, disabled_by_env, spec_for
 
 log = logging.getLogger("clearml_hooks")
 
-ENTRY_POINT_GROUP = "clearml_hooks.bindings"
 
 
 class CaptureSink(Protocol):
@@ -258,9 +264,7 @@ class Registry:
         task on the first import of one (the boot ``sitecustomize`` reads them from the
         environment, so the list is the bindings', kept nowhere else)."""
         with self._lock:
-            names = {module.split(".", 1)[0] for binding in self.bindings.values()
-                     for module in binding.watched_modules()}
-        return tuple(sorted(names))
+            return top_level_modules(list(self.bindings.values()))
 
     def add_binding(self, binding: type[Binding]) -> None:
         with self._lock:

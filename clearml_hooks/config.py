@@ -74,6 +74,32 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+def _seconds_within(low: float, high: float) -> Callable[[Any], float]:
+    """Seconds in [low, high]: a timeout of 1e-300 s gives up on everything, one of 1e300 s
+    overflows the drivers' own limits (PostgreSQL's is about 24 days)."""
+
+    def parse(value: Any) -> float:
+        seconds = _seconds(value)
+        if not low <= seconds <= high:
+            raise ValueError
+        return seconds
+
+    return parse
+
+
+def _bytes_at_most(high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = _bytes(value)
+        if number > high:
+            raise ValueError
+        return number
+
+    return parse
+
+
+DAY = 86400.0
+
+
 def _wait(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError
@@ -136,12 +162,11 @@ def _keys(value: Any) -> frozenset[str]:
 
 def _level(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip().upper()
-    if text.isdigit():
-        return int(text)
-    level = logging.getLevelName(text)
-    if not isinstance(level, int):
+        level = value
+    else:
+        text = str(value).strip().upper()
+        level = int(text) if text.isdigit() else logging.getLevelName(text)
+    if not isinstance(level, int) or not logging.NOTSET <= level <= logging.CRITICAL:
         raise ValueError
     return level
 
@@ -166,14 +191,20 @@ SPECS: dict[str, Spec] = {
     "capture_all_ranks": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
     "capture_in_workers": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
     "s3_endpoint_url": Spec(_text, None, "a URL (http://host:port)"),
-    "s3_connect_timeout": Spec(_seconds, 10.0, "a positive number of seconds"),
-    "s3_read_timeout": Spec(_seconds, 20.0, "a positive number of seconds"),
-    "inline_max": Spec(_bytes, 64 << 10, "a whole number of bytes (0 or more)"),
+    "s3_connect_timeout": Spec(_seconds_within(0.1, DAY), 10.0,
+                               "a number of seconds from 0.1 to 86400"),
+    "s3_read_timeout": Spec(_seconds_within(0.1, DAY), 20.0,
+                            "a number of seconds from 0.1 to 86400"),
+    "inline_max": Spec(_bytes_at_most(16 << 20), 64 << 10,
+                       "a whole number of bytes from 0 to 16 MiB (16777216)"),
     "staging_min_free": Spec(_bytes, 1 << 30, "a whole number of bytes (0 or more)"),
     "journal_fsync": Spec(_flag, False, "1/0 (true/false, yes/no, on/off)"),
-    "job_timeout": Spec(_seconds, 600.0, "a positive number of seconds"),
-    "catalog_timeout": Spec(_seconds, 30.0, "a positive number of seconds"),
-    "log_level": Spec(_level, logging.WARNING, "a logging level (DEBUG, INFO, WARNING, ERROR)"),
+    "job_timeout": Spec(_seconds_within(1.0, 30 * DAY), 600.0,
+                        "a number of seconds from 1 to 2592000 (30 days)"),
+    "catalog_timeout": Spec(_seconds_within(0.1, 24 * DAY), 30.0,
+                            "a number of seconds from 0.1 to 2073600 (24 days)"),
+    "log_level": Spec(_level, logging.WARNING,
+                      "a logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL, or 0 to 50)"),
 }
 assert set(SPECS) == set(SETTINGS_DOC)
 

@@ -368,6 +368,10 @@ def test_defaults_without_any_source(sources, tmp_path):
 @pytest.mark.parametrize("name, bad", [
     ("inline_max", "lots"), ("exit_timeout", "-1"), ("s3_read_timeout", "soon"),
     ("strict", "maybe"), ("log_level", "LOUD"), ("job_timeout", "0"),
+    # values that parse but would break the run: every job "timed out", a driver overflow,
+    # whole checkpoints read in the training thread, a level logging does not have
+    ("job_timeout", "1e-300"), ("catalog_timeout", "1e300"), ("s3_connect_timeout", "0.001"),
+    ("inline_max", str(1 << 30)), ("log_level", "-1"), ("log_level", str(10 ** 30)),
 ])
 def test_a_bad_value_names_the_setting_its_source_and_what_is_expected(name, bad, sources,
                                                                         tmp_path, monkeypatch):

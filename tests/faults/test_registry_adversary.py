@@ -736,8 +736,8 @@ def test_a_download_killed_midway_leaves_nothing_behind(task, store_dir, raw_ser
 
 
 def test_a_huge_catalog_timeout_still_opens_a_postgres_catalog(pg_server):
-    """catalog_timeout accepts any positive number of seconds; a month (or 1e300) must not turn
-    into an 'invalid integer value' from libpq when the catalog connects."""
+    """A catalog given a timeout of a month (or 1e300) by a direct caller (the setting refuses
+    more than 24 days) must not turn into an 'invalid integer value' from libpq."""
     from clearml_hooks.store.catalog import SqlCatalog
 
     for seconds in (3e6, 1e300):

@@ -6,8 +6,6 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from clearml_hooks import config
-
 # A selection maps a key to None (capture everything), False (off) or a tuple of wildcards.
 Selection = dict[str, "tuple[str, ...] | None | bool"]
 
@@ -71,5 +69,9 @@ def spec_for(selection: Selection, keys: tuple[str, ...]) -> tuple[str, ...] | N
 
 def disabled_by_env() -> set[str]:
     """The ``disabled`` setting (``CLEARML_HOOKS_DISABLED=pytorch,xgboost`` or ``*``, the config
-    file, ``Task.init(settings=)``) switches bindings off."""
+    file, ``Task.init(settings=)``) switches bindings off. (``config`` is imported here, not
+    at the top: ``clearml-hooks run`` validates its options with this module before the
+    command starts, and the settings reader brings ``logging``.)"""
+    from clearml_hooks import config
+
     return set(config.get_or_default("disabled"))

@@ -124,7 +124,13 @@ class LocalBlobStore:
     def __init__(self, url: str, **_: Any) -> None:
         self.root = os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
         self.url = "file://" + self.root
-        os.makedirs(self.root, exist_ok=True)
+        self._made = False  # the folder is made by the first write: reading makes nothing
+
+    def _temp_path(self, name: str) -> str:
+        if not self._made:
+            os.makedirs(self.root, exist_ok=True)
+            self._made = True
+        return os.path.join(self.root, name)
 
     def path_for(self, sha: str) -> str:
         return os.path.join(self.root, _key(sha))
@@ -138,7 +144,7 @@ class LocalBlobStore:
         return self._store(fileobj, expect)
 
     def _store(self, fileobj: BinaryIO, expect: str | None) -> tuple[str, int]:
-        tmp = os.path.join(self.root, temp_name())
+        tmp = self._temp_path(temp_name())
         try:
             with open(tmp, "xb") as out:
                 sha, size = copy_hashing(fileobj, out)
@@ -184,7 +190,7 @@ class LocalBlobStore:
         st = os.lstat(local_path)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a shared inode can change later
             return False
-        tmp = os.path.join(self.root, temp_name())
+        tmp = self._temp_path(temp_name())
         try:
             os.rename(local_path, tmp)
         except OSError:  # another filesystem
@@ -211,7 +217,7 @@ class LocalBlobStore:
         _unlink_quiet(self.path_for(sha))
 
     def writable(self) -> None:
-        probe = os.path.join(self.root, temp_name(".probe"))
+        probe = self._temp_path(temp_name(".probe"))
         with open(probe, "xb"):
             pass
         os.unlink(probe)
@@ -220,7 +226,11 @@ class LocalBlobStore:
         """Remove temps that crashed writers left behind (older than ``older_than`` seconds)."""
         removed = 0
         cutoff = time.time() - older_than
-        with os.scandir(self.root) as entries:
+        try:
+            entries = os.scandir(self.root)
+        except FileNotFoundError:  # never written to
+            return 0
+        with entries:
             for entry in entries:
                 if entry.name.startswith((INCOMING, ".probe-")) and entry.is_file(
                         follow_symlinks=False) and entry.stat().st_mtime < cutoff:

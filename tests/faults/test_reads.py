@@ -4,6 +4,7 @@ and nothing read from the catalog is trusted as a path. Real stores, real files,
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -280,3 +281,19 @@ def test_corrupt_object_in_s3_is_an_error(team_store, tmp_path):
             assert PAYLOAD[:-1] + b"!" not in _files(cache).values()
         blobs.fs.pipe_file(blobs._path(sha), PAYLOAD)
         assert Path(model.get_local_copy(raise_on_error=True)).read_bytes() == PAYLOAD
+
+
+def test_reading_through_a_blob_url_never_creates_its_folder(tmp_path):
+    """A catalog row may name a blob folder on another machine or one long gone (a store
+    copied elsewhere): opening it to read must not create that folder (it did, under /tmp)."""
+    from clearml_hooks.store.blobs import open_blob_store
+
+    gone = tmp_path / "elsewhere" / "blobs"
+    store = open_blob_store("file://" + str(gone))
+    assert not store.exists("a" * 64)
+    with pytest.raises(FileNotFoundError):
+        store.fetch("a" * 64, str(tmp_path / "out"))
+    assert store.sweep_incoming() == 0
+    assert not gone.exists() and not gone.parent.exists()
+    sha, _ = store.store_stream(io.BytesIO(b"bytes"))  # the first write makes it
+    assert (gone / sha[:2] / sha).read_bytes() == b"bytes"

@@ -12,8 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
-from typing import Any
 
 log = logging.getLogger("clearml_hooks")
 
@@ -33,29 +31,6 @@ def _cache_root(cache_context: str | None) -> str:
 
     root = os.path.join(Settings.resolve().home, "cache", "storage")
     return os.path.join(root, cache_context) if cache_context else root
-
-
-def _progress(size_hint: str) -> Any:
-    """A progress bar on a terminal (fsspec callback), nothing otherwise."""
-    from fsspec.callbacks import Callback, NoOpCallback
-
-    if not sys.stderr.isatty():
-        return NoOpCallback()
-    from rich.progress import Progress
-
-    class _Bar(Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bar = Progress(transient=True)
-            self.task = self.bar.add_task(size_hint, total=None)
-            self.bar.start()
-
-        def call(self, *args: Any, **kwargs: Any) -> None:
-            self.bar.update(self.task, total=self.size or None, completed=self.value)
-            if self.size and self.value >= self.size:
-                self.bar.stop()
-
-    return _Bar()
 
 
 def _extract(path: str) -> str:
@@ -109,7 +84,10 @@ class StorageManager:
                 fs, path = open_fs(remote_url)
                 tmp = os.path.join(folder, temp_name(".fetch"))
                 try:
-                    fs.get_file(path, tmp, callback=_progress(clean.rsplit("/", 1)[-1]))
+                    from clearml_hooks.models.downloads import DownloadProgress
+
+                    with DownloadProgress(clean.rsplit("/", 1)[-1]) as progress:
+                        fs.get_file(path, tmp, callback=progress)
                     os.replace(tmp, target)
                 finally:
                     if os.path.lexists(tmp):

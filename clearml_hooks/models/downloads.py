@@ -200,7 +200,7 @@ def _remote_fs(uri: str) -> tuple[Any, str]:
 def _download_file(fs: Any, remote: str, tmp: str, uri: str) -> None:
     """One streamed GET (or the store's read) into ``tmp``, with a progress bar on a terminal."""
     log.info("clearml-hooks: downloading %s", _redact(uri, uri))
-    with _Progress(os.path.basename(urlsplit(uri).path) or _redact(uri, uri)) as progress:
+    with DownloadProgress(os.path.basename(urlsplit(uri).path) or _redact(uri, uri)) as progress:
         _explained(uri, fs.get_file, remote, tmp, callback=progress)
 
 
@@ -261,7 +261,7 @@ def _explain(uri: str, exc: BaseException) -> str:
     return f"could not download {uri}: {type(exc).__name__}: {exc}"
 
 
-class _Progress(Callback):
+class DownloadProgress(Callback):
     """An fsspec callback drawing a rich progress bar on stderr (nothing when not a terminal)."""
 
     def __init__(self, label: str) -> None:
@@ -282,7 +282,7 @@ class _Progress(Callback):
                              transient=True, disable=not console.is_terminal)
         self._task = self._bar.add_task(f"downloading {label}", total=None)
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> DownloadProgress:
         self._bar.start()
         return self
 

@@ -29,10 +29,21 @@ def _setting(name: str) -> bool:
     return bool(config.get_or_default(name))
 
 
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
+# os.environ.get raises and catches a KeyError for every unset name (about 1 us each, five
+# names, on every captured call): the environment's own dict, read with .get, is what it wraps
+_environ_data = getattr(os.environ, "_data", None)
+_RANK_KEYS = tuple(os.environ.encodekey(n) for n in _RANK_VARIABLES) if _environ_data else ()
+
+
 def env_rank() -> int:
     """The distributed rank from the launcher's environment (torchrun, Lightning, MPI, SLURM)."""
-    for name in ("RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
-        value = os.environ.get(name)
+    if _environ_data is not None:
+        values = [os.environ.decodevalue(v) for k in _RANK_KEYS
+                  if (v := _environ_data.get(k)) is not None]
+    else:  # pragma: no cover - an os.environ without its dict (not CPython)
+        values = [v for n in _RANK_VARIABLES if (v := os.environ.get(n)) is not None]
+    for value in values:
         if value and value.strip().lstrip("-").isdigit():
             rank = int(value)
             if rank != 0:

@@ -124,15 +124,15 @@ class Hook:
             flush = getattr(fileobj, "flush", None)
             if flush is not None and not getattr(fileobj, "closed", False):
                 flush()
-        done = Call(call.args, call.kwargs, call.instance, result)
-        location = self.target.locate(done, path) if self.target.locate else Location(path)
+        call.result = result
+        location = self.target.locate(call, path) if self.target.locate else Location(path)
         if location is None:
             sink.skipped("nothing written")
             return
         framework = location.framework
         if framework is None:
             fw = self.target.framework
-            framework = fw(done) if callable(fw) else fw
+            framework = fw(call) if callable(fw) else fw
         framework = framework or self.binding.framework
         if self.target.side == "save":
             # a save through a file object the user opened: the next one truncates the file

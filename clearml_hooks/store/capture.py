@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from clearml_hooks.hooks.binding import Location
 from clearml_hooks.store import staging
 from clearml_hooks.store.journal import Record, new_id
+from clearml_hooks.store.snapshot_lines import InlineLines
 
 if TYPE_CHECKING:
     from clearml_hooks.hooks.registry import Hook
@@ -25,6 +26,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("clearml_hooks")
 
 DEFAULT_MIN_FREE = 1 << 30  # stop staging when a filesystem would keep less than this free
+
+
+def _as_int(value: Any) -> int | None:
+    """An iteration as a plain int (a NumPy integer, ...), or None when it is not one."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def location_files(location: Location) -> list[tuple[str, str]]:
@@ -62,6 +71,7 @@ class Capturer:
         self._start_timer: threading.Timer | None = None
         self._listening = False
         self._made_home: str | None = None
+        self._lines = InlineLines(task_id)
 
     # -- the task record ------------------------------------------------------------------------
 
@@ -163,29 +173,88 @@ class Capturer:
 
     def saved(self, hook: Hook | None, location: Location, framework: str, *,
               through_handle: bool = False) -> None:
-        if location.kind == "file":  # the common case, with one abspath
+        iteration = location.iteration if location.iteration is not None else self.iteration
+        if location.kind == "file":  # the common case: one file, one abspath
             source = os.path.abspath(location.path)
-            files = [(source, os.path.basename(source))]
-        else:
-            files = location_files(location)
-            source = os.path.abspath(location.path)
+            name = os.path.basename(source)
+            if through_handle:
+                self._clobbered.add(source)  # copied, never linked
+            try:
+                opened: tuple[int, os.stat_result] | None = staging.open_regular(source)
+            except (OSError, staging.NotStaged):
+                opened = None  # staged again below, which says why it cannot be
+            if opened is not None and opened[1].st_size <= self.inline_max:
+                if self._journal_inline(source, name, framework, iteration, *opened):
+                    return
+                opened = None
+            self.journal_snapshot([(source, name)], source=source, kind="file", name=name,
+                                  framework=framework, iteration=iteration, opened=opened)
+            return
+        files = location_files(location)
+        source = os.path.abspath(location.path)
         if not files:
             self.stats["skipped_nothing_written"] += 1
             return
-        iteration = location.iteration if location.iteration is not None else self.iteration
         name = os.path.basename(source.rstrip(os.sep)) or source
         if through_handle:
             self._clobbered.update(full for full, _rel in files)  # copied, never linked
         self.journal_snapshot(files, source=source, kind=location.kind, name=name,
                               framework=framework, iteration=iteration)
 
+    def _journal_inline(self, source: str, name: str, framework: str, iteration: int | None,
+                        fd: int, st: os.stat_result) -> bool:
+        """The hot path: one small file, read into its journal record (what ``journal_snapshot``
+        does for it, in fewer steps). False when the general path must take it."""
+        try:
+            data = staging.read_inline(source, fd, st)
+        except (OSError, staging.NotStaged):
+            return False
+        finally:
+            os.close(fd)
+        if self._journal_pid != os.getpid():
+            self._journal_task()
+        if iteration is not None and type(iteration) is not int:
+            iteration = _as_int(iteration)
+        fields = (new_id(), source, name, framework, iteration, time.time(), st.st_size,
+                  st.st_mtime_ns)
+        lines = self._lines
+        record = self._append(lines.header(*fields), data, [], strict=False,
+                              line=lines.line(*fields))
+        if record is not None:
+            stats = self.stats
+            stats["staged_inline"] += 1
+            stats["saves"] += 1
+            if not self.offline:
+                self.store.worker.submit(record)
+        return True
+
+    def _append(self, header: dict[str, Any], payload: bytes, folders: list[str], *,
+                strict: bool, line: bytes | None = None) -> Record | None:
+        """Journal one snapshot record; None (said once) when no disk takes the journal."""
+        try:
+            return self.store.journal.append(header, payload, line=line)
+        except OSError as exc:  # no disk takes even the journal: say so, never fail the save
+            staging.remove_staging(folders)
+            if strict:
+                raise ValueError(f"cannot journal the weights: {exc}") from exc
+            self.stats["not_journaled"] += 1
+            self._warn_once("journal", "clearml-hooks: cannot write the capture journal (%s); "
+                            "saves are not captured until there is room. Your saves are not "
+                            "affected.", exc)
+            return None
+        except BaseException:
+            staging.remove_staging(folders)
+            raise
+
     def journal_snapshot(self, files: list[tuple[str, str]], *, source: str, kind: str,
                          name: str, framework: str | None, iteration: int | None,
                          model_id: str | None = None, dest: str | None = None,
-                         is_package: bool | None = None, strict: bool = False) -> Record | None:
+                         is_package: bool | None = None, strict: bool = False,
+                         opened: tuple[int, os.stat_result] | None = None) -> Record | None:
         """Stage ``files`` and journal one snapshot of them. The snapshot is durable and its
         bytes fixed when this returns. ``strict`` (update_weights): refuse what cannot be
-        staged instead of journaling a failed snapshot."""
+        staged instead of journaling a failed snapshot. ``opened``: the single file, already
+        opened by ``staging.open_regular``."""
         self._journal_task()
         rid = new_id()
         entries: list[dict[str, Any]] = []
@@ -198,7 +267,8 @@ class Capturer:
                 entry, payload = staging.stage_file(
                     full, self._placer(full, rid, rel, folders, single),
                     inline_max=self.inline_max, min_free=self.min_free,
-                    force_copy=full in self._clobbered)
+                    force_copy=full in self._clobbered, opened=opened)
+                opened = None
                 entry["rel"] = rel
                 entries.append(entry)
                 if payload:
@@ -233,20 +303,10 @@ class Capturer:
             header["package"] = is_package
         if error:
             header["error"] = error
-        try:
-            record = self.store.journal.append(header, b"".join(payloads))
-        except OSError as exc:  # no disk takes even the journal: say so, never fail the save
-            staging.remove_staging(folders)
-            if strict:
-                raise ValueError(f"cannot journal the weights: {exc}") from exc
-            self.stats["not_journaled"] += 1
-            self._warn_once("journal", "clearml-hooks: cannot write the capture journal (%s); "
-                            "saves are not captured until there is room. Your saves are not "
-                            "affected.", exc)
+        payload = payloads[0] if len(payloads) == 1 else b"".join(payloads)
+        record = self._append(header, payload, folders, strict=strict)
+        if record is None:
             return None
-        except BaseException:
-            staging.remove_staging(folders)
-            raise
         linked = [e for e in entries if e["how"] == "link"]
         if linked:
             with self._lock:

@@ -12,6 +12,9 @@ import re
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# a backslash or "C:" is a folder or drive only on Windows; on POSIX they are ordinary name
+# characters (a model saved as "a\\b.pt" on Linux must be readable there)
+_WINDOWS_PATHS = "\\" in (os.sep, os.altsep)
 
 
 def _whose(model: str | None) -> str:
@@ -34,8 +37,8 @@ def check_sha256(value: object, *, model: str | None = None, what: str = "sha256
 def safe_relpath(rel: object, *, model: str | None = None) -> str:
     """A catalog relpath as a clean relative POSIX path, or a ValueError naming the bad value.
 
-    Rejected: non-strings, empty paths or components, absolute paths, drive letters, NUL,
-    backslashes, and ``.`` or ``..`` components.
+    Rejected: non-strings, empty paths or components, absolute paths, NUL, ``.`` or ``..``
+    components, and on Windows backslashes and drive letters.
     """
     reason = _relpath_problem(rel)
     if reason:
@@ -49,11 +52,11 @@ def _relpath_problem(rel: object) -> str | None:
         return "empty or not a string"
     if "\x00" in rel:
         return "contains NUL"
-    if "\\" in rel:
+    if _WINDOWS_PATHS and "\\" in rel:
         return "contains a backslash"
     if rel.startswith("/") or os.path.isabs(rel):
         return "absolute path"
-    if _DRIVE.match(rel):
+    if _WINDOWS_PATHS and _DRIVE.match(rel):
         return "drive letter"
     for part in rel.split("/"):
         if part in ("", ".", ".."):
@@ -81,8 +84,8 @@ def safe_target_filename(name: object) -> str:
         name = os.fspath(name)
     if not isinstance(name, str):
         raise ValueError(f"target_filename {name!r} must be a string")
-    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name \
-            or _DRIVE.match(name) or os.path.isabs(name):
+    if not name or name in (".", "..") or "/" in name or "\x00" in name or os.path.isabs(name) \
+            or (_WINDOWS_PATHS and ("\\" in name or _DRIVE.match(name))):
         raise ValueError(f"target_filename {name!r} must be a plain file name: no folders, "
                          "no '..', not absolute")
     return name

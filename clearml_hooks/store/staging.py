@@ -107,24 +107,46 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+def open_regular(src: str) -> tuple[int, os.stat_result]:
+    """Open a saved file for staging: (fd, its stat). NotStaged when it is not a regular file
+    (a FIFO or device: opened non-blocking, so it never blocks us)."""
+    fd = os.open(src, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotStaged(f"{src} is not a regular file")
+    return fd, st
+
+
+def read_inline(src: str, fd: int, st: os.stat_result) -> bytes:
+    """The whole file (``st.st_size`` bytes): NotStaged when it grew or shrank meanwhile."""
+    data = os.pread(fd, st.st_size + 1, 0)
+    if len(data) != st.st_size:
+        raise NotStaged(f"{src} changed while it was read")
+    return data
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
 def stage_file(src: str, place: Callable[[os.stat_result], str], *, inline_max: int,
-               force_copy: bool, min_free: int) -> tuple[dict[str, Any], bytes]:
+               force_copy: bool, min_free: int,
+               opened: tuple[int, os.stat_result] | None = None) -> tuple[dict[str, Any], bytes]:
     """Stage one saved file. Returns (its journal entry, inline payload or b"").
 
     ``place(stat)`` says where a link/reflink/copy goes; it is only asked for files too big to
-    go inline (small saves never touch the staging folder).
+    go inline (small saves never touch the staging folder). ``opened``: the file already
+    opened by ``open_regular`` (closed here).
     """
-    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)  # a FIFO never blocks us
-    fd = os.open(src, flags)
+    fd, st = opened if opened is not None else open_regular(src)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotStaged(f"{src} is not a regular file")
         if st.st_size <= inline_max:
-            data = os.pread(fd, st.st_size + 1, 0)
-            if len(data) != st.st_size:
-                raise NotStaged(f"{src} changed while it was read")
-            return {"size": st.st_size, "how": "inline", "mtime_ns": st.st_mtime_ns}, data
+            return {"size": st.st_size, "how": "inline", "mtime_ns": st.st_mtime_ns}, \
+                read_inline(src, fd, st)
         staged = place(st)
         free = free_bytes(os.path.dirname(staged) or ".")
         if free is not None and free < st.st_size + min_free:

@@ -64,7 +64,7 @@ class Worker:
         self.store = store
         self.journal = journal
         self.processor = Processor(store, journal.name)
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put is one C call
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._outstanding = 0
@@ -86,7 +86,7 @@ class Worker:
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():  # a forked child has none of the parent's threads
-            self._queue = queue.Queue()
+            self._queue = queue.SimpleQueue()
             self._lock = threading.Lock()
             self._idle = threading.Condition(self._lock)
             self._outstanding = 0

@@ -3,8 +3,10 @@
 Run: python benchmarks/bench_capture.py [--only small|exit|lateness|breakdown] [--repeats 7]
 
 - small: training-thread cost of a captured small ``torch.save`` over the same save filtered
-  out, at rest and while the background worker stores a large snapshot; and how much a
-  filtered-out save slows down while the worker stores (vs. the agent off).
+  out, at rest and while the background worker stores a large snapshot; how much a
+  filtered-out save slows down while the worker stores (vs. the agent off); and the floor:
+  a plain save plus only the bare system calls an exact, durable snapshot needs (open, fstat,
+  pread, close, one append), no agent, over the plain save.
 - exit: process wall time of ``Task.init`` + exit with nothing saved, over the same script
   without it (fresh interpreters, interleaved, medians).
 - breakdown: training-thread CPU time of the pieces of a captured small save, one by one.
@@ -62,7 +64,17 @@ def small_save(repeats: int) -> dict:
             for _ in range(50):
                 timed(filtered); timed(captured)
             task.flush(wait_for_uploads=True)
-            rest, busy, slow, base = [], [], [], []
+            rest, busy, slow, base, floor = [], [], [], [], []
+            journal_fd = os.open(os.path.join(tmp, "floor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            header = b'{{"t":"snap","rid":"0123456789abcdef0123456789abcdef","src":"final.pt"}}\\n'
+            def bare(path):
+                # the floor: a save plus only the system calls an exact, durable snapshot of a
+                # small file needs before the call returns (read it, append a record), no agent
+                t = time.perf_counter(); torch.save(state, path)
+                fd = os.open(path, os.O_RDONLY); st = os.fstat(fd)
+                data = os.pread(fd, st.st_size + 1, 0); os.close(fd)
+                os.write(journal_fd, header + data)
+                return time.perf_counter() - t
             for r in range({repeats}):
                 d, _ = pairs(lambda: timed(filtered), lambda: timed(captured), 300)
                 rest.append(statistics.median(d))
@@ -79,6 +91,8 @@ def small_save(repeats: int) -> dict:
                 registry().uninstrument()
                 for _ in range(300):
                     off.append(timed(filtered) * 1e6)
+                d, _ = pairs(lambda: timed(filtered), lambda: bare(captured), 300)
+                floor.append(statistics.median(d))
                 registry().instrument(selection, sink)
                 torch.save(big, os.path.join(tmp, "final_big.pt"))
                 on = []
@@ -88,9 +102,11 @@ def small_save(repeats: int) -> dict:
                     slow.append(statistics.median(on) / statistics.median(off))
                     base.append(statistics.median(off))
                 task.flush(wait_for_uploads=True)
+            os.close(journal_fd)
             print(json.dumps({{
                 "captured_minus_filtered_us_at_rest": statistics.median(rest),
                 "captured_minus_filtered_us_worker_busy": statistics.median(busy) if busy else None,
+                "bare_syscalls_floor_us": statistics.median(floor),
                 "filtered_save_us_agent_off": statistics.median(base) if base else None,
                 "filtered_slowdown_while_worker_stores": statistics.median(slow) if slow else None,
                 "stats": task.capture_stats}}))
@@ -184,7 +200,7 @@ def breakdown(calls: int = 3000) -> dict:
         from clearml_hooks.hooks import process
         from clearml_hooks.hooks.binding import Location
         from clearml_hooks.store import staging
-        from clearml_hooks.store.catalog import new_id
+        from clearml_hooks.store.journal import new_id
         tmp = tempfile.mkdtemp()
         try:
             task = Task.init(project_name="bench", task_name="parts", output_uri=tmp + "/store",
@@ -202,6 +218,8 @@ def breakdown(calls: int = 3000) -> dict:
                 "capturer_saved_us": cpu_us(lambda: capturer.saved(None, location, "PyTorch")),
                 "stage_file_inline_us": cpu_us(lambda: staging.stage_file(
                     path, None, inline_max=65536, force_copy=False, min_free=0)),
+                "journal_line_us": cpu_us(lambda: capturer._lines.line(
+                    "a" * 32, path, "final.pt", "PyTorch", None, time.time(), 1500, 1)),
                 "journal_append_1500_bytes_us": cpu_us(lambda: journal.append(header,
                                                                               b"x" * 1500)),
                 "new_id_us": cpu_us(new_id),

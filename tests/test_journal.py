@@ -18,21 +18,35 @@ import torch
 from clearml_hooks import Model, Task
 from clearml_hooks.hooks import process
 from clearml_hooks.store.journal import new_id, read_records
-from clearml_hooks.store.snapshot_lines import InlineLines
+from clearml_hooks.store.snapshot_lines import SnapshotLines
 
 AWKWARD = ['plain.pt', 'quo"te.pt', 'back\\slash.pt', 'new\nline.pt', 'tab\t.pt', 'é ü 模型.pt',
            '\x01ctrl.pt', 'emoji-🙂.pt', '\u2028sep.pt']
 
 
+STAGED = [("inline", None, None, None),
+          ("link", "/store/staging/o/{rid}", [12345, 1234, 1764520000123456789],
+           ["/store/staging/o/{rid}"]),
+          ("copy", "/data/.clearml-hooks-staging-{rid}/{name}", None,
+           ["/data/.clearml-hooks-staging-{rid}"]),
+          ("reflink", "/store/staging/o/{rid}", None, ["/store/staging/o/{rid}"])]
+
+
 @pytest.mark.parametrize("name", AWKWARD)
 @pytest.mark.parametrize("iteration", [None, 0, 7, 10**15])
-def test_an_inline_line_decodes_to_its_header(name, iteration):
-    lines = InlineLines('task"\\x')
-    fields = (new_id(), f"/data/{name}", name, "PyTorch", iteration, 1764520000.123456, 1234,
-              1764520000123456789)
+@pytest.mark.parametrize("how,staged,ident,staging", STAGED)
+def test_a_snapshot_line_decodes_to_its_header(name, iteration, how, staged, ident, staging):
+    lines = SnapshotLines('task"\\x')
+    rid = new_id()
+    staged = staged and staged.format(rid=rid, name=name)
+    staging = staging and [f.format(rid=rid) for f in staging]
+    fields = (rid, f"/data/{name}", name, "PyTorch", iteration, 1764520000.123456, 1234,
+              1764520000123456789, how, staged, ident, staging)
     line = lines.line(*fields)
     assert line.endswith(b"\n") and line.count(b"\n") == 1  # one record, one line
-    assert json.loads(line) == lines.header(*fields)
+    header = lines.header(*fields)
+    assert json.loads(line) == header
+    assert header["n"] == (1234 if how == "inline" else 0)
     assert lines.line(*fields) == line  # the cached fixed part gives the same line again
 
 
@@ -72,6 +86,28 @@ def test_a_captured_small_save_is_journaled_and_stored_exactly(tmp_path, name):
     assert task.flush(wait_for_uploads=True)
     (model,) = Model.query_models(project_name="p")
     assert open(model.get_local_copy(), "rb").read() == saved
+    task.close()
+
+
+def test_a_captured_large_save_is_journaled_and_stored_exactly(tmp_path):
+    """A file too big to go inline is staged (link, reflink or copy) and its record written
+    by the same encoder: read back, it names the staged file, and the stored bytes are the
+    saved ones even after the file is saved again in place."""
+    store = tmp_path / "store"
+    task = Task.init(project_name="p", task_name="large", output_uri=str(store),
+                     auto_connect_frameworks={"pytorch": "final*"})
+    path = tmp_path / "final.pt"
+    torch.save({"w": torch.arange(100_000)}, path)
+    first = path.read_bytes()
+    torch.save({"w": torch.arange(100_000) * 2}, path)  # the same size, rewritten through a hook
+    second = path.read_bytes()
+    records, _done = read_records(task.store.journal.dir)
+    snaps = [r.header for r in records if r.header["t"] == "snap"]
+    assert [s["files"][0]["how"] in ("link", "reflink", "copy") for s in snaps] == [True, True]
+    assert all(s["staging"] and s["files"][0]["path"] and s["n"] == 0 for s in snaps)
+    assert task.flush(wait_for_uploads=True)
+    (model,) = Model.query_models(project_name="p")
+    assert [open(model.get_local_copy(version=v), "rb").read() for v in (1, 2)] == [first, second]
     task.close()
 
 

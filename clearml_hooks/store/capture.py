@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from clearml_hooks.hooks.binding import Location
 from clearml_hooks.store import staging
 from clearml_hooks.store.journal import Record, new_id
-from clearml_hooks.store.snapshot_lines import InlineLines
+from clearml_hooks.store.snapshot_lines import SnapshotLines
 
 if TYPE_CHECKING:
     from clearml_hooks.hooks.registry import Hook
@@ -28,8 +28,10 @@ log = logging.getLogger("clearml_hooks")
 DEFAULT_MIN_FREE = 1 << 30  # stop staging when a filesystem would keep less than this free
 
 
-def _as_int(value: Any) -> int | None:
+def _plain_iteration(value: Any) -> int | None:
     """An iteration as a plain int (a NumPy integer, ...), or None when it is not one."""
+    if value is None or type(value) is int:
+        return value
     try:
         return int(value)
     except (TypeError, ValueError, OverflowError):
@@ -71,7 +73,7 @@ class Capturer:
         self._start_timer: threading.Timer | None = None
         self._listening = False
         self._made_home: str | None = None
-        self._lines = InlineLines(task_id)
+        self._lines = SnapshotLines(task_id)
 
     # -- the task record ------------------------------------------------------------------------
 
@@ -213,10 +215,8 @@ class Capturer:
             os.close(fd)
         if self._journal_pid != os.getpid():
             self._journal_task()
-        if iteration is not None and type(iteration) is not int:
-            iteration = _as_int(iteration)
-        fields = (new_id(), source, name, framework, iteration, time.time(), st.st_size,
-                  st.st_mtime_ns)
+        fields = (new_id(), source, name, framework, _plain_iteration(iteration), time.time(),
+                  st.st_size, st.st_mtime_ns)
         lines = self._lines
         record = self._append(lines.header(*fields), data, [], strict=False,
                               line=lines.line(*fields))
@@ -288,23 +288,33 @@ class Capturer:
         except BaseException:
             staging.remove_staging(folders)
             raise
-        header: dict[str, Any] = {
-            "t": "snap", "rid": rid, "task": self.task_id, "src": source, "name": name,
-            "fw": framework, "kind": kind, "it": iteration, "ts": time.time(), "files": entries,
-            "staging": folders}
-        if kind == "file" and entries and "mtime_ns" in entries[0]:
-            header["src_size"], header["src_mtime_ns"] = entries[0]["size"], entries[0].pop(
-                "mtime_ns")
-        if model_id:
-            header["model"] = model_id
-        if dest:
-            header["dest"] = dest
-        if is_package is not None:
-            header["package"] = is_package
-        if error:
-            header["error"] = error
+        line = None
+        if (kind == "file" and len(entries) == 1 and "mtime_ns" in entries[0] and not error
+                and not model_id and not dest and is_package is None):
+            # the common one-file save: its line without json.dumps (see snapshot_lines)
+            entry = entries[0]
+            fields = (rid, source, name, framework, _plain_iteration(iteration), time.time(),
+                      entry["size"], entry["mtime_ns"], entry["how"], entry.get("path"),
+                      entry.get("id"), folders)
+            header = self._lines.header(*fields)
+            line = self._lines.line(*fields)
+        else:
+            header = {"t": "snap", "rid": rid, "task": self.task_id, "src": source,
+                      "name": name, "fw": framework, "kind": kind, "it": iteration,
+                      "ts": time.time(), "files": entries, "staging": folders}
+            if kind == "file" and entries and "mtime_ns" in entries[0]:
+                header["src_size"], header["src_mtime_ns"] = entries[0]["size"], entries[0].pop(
+                    "mtime_ns")
+            if model_id:
+                header["model"] = model_id
+            if dest:
+                header["dest"] = dest
+            if is_package is not None:
+                header["package"] = is_package
+            if error:
+                header["error"] = error
         payload = payloads[0] if len(payloads) == 1 else b"".join(payloads)
-        record = self._append(header, payload, folders, strict=strict)
+        record = self._append(header, payload, folders, strict=strict, line=line)
         if record is None:
             return None
         linked = [e for e in entries if e["how"] == "link"]

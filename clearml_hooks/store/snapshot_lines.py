@@ -1,11 +1,12 @@
-"""The journal line of a small one-file snapshot, encoded without ``json.dumps`` on every save.
+"""The journal line of a one-file snapshot, encoded without ``json.dumps`` on every save.
 
-Why: a captured small save must cost the training thread as little as possible, and on a busy
-machine ``json.dumps`` of a snapshot header takes 10-14 us, as much as reading the file and
-appending the record together. Most fields of such a header are the same for every save of one
-path (task, source, name, framework): their JSON is made once per path and kept; a save only
-formats the fields that change (record id, iteration, time, size, mtime). The line decodes to
-exactly the header ``InlineLines.header`` returns (tests/test_journal.py).
+Why: a captured save must cost the training thread as little as possible, and on a busy
+machine ``json.dumps`` of a snapshot header takes 10-14 us (100 us in a training loop, where
+caches are cold), as much as staging the file. Most fields of such a header are the same for
+every save of one path (task, source, name, framework): their JSON is made once per path and
+kept; a save only formats the fields that change (record id, iteration, time, size, mtime, the
+staged path). The line decodes to exactly the header ``SnapshotLines.header`` returns
+(tests/test_journal.py).
 """
 
 from __future__ import annotations
@@ -15,42 +16,60 @@ from typing import Any
 
 MAX_CACHED = 4096  # paths whose fixed JSON is kept; a run saving more distinct paths re-encodes
 
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps does for a str
 
-class InlineLines:
-    """Headers, and their encoded journal lines, of one task's one-file inline snapshots."""
+
+class SnapshotLines:
+    """Headers, and their encoded journal lines, of one task's one-file snapshots."""
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        self._task_json = json.dumps(task_id)
-        self._fixed: dict[tuple[str, str, str], str] = {}
+        self._task_json = _encode_str(task_id)
+        self._fixed: dict[tuple[str, str, str], _Fixed] = {}
 
     def header(self, rid: str, src: str, name: str, framework: str, iteration: int | None,
-               ts: float, size: int, mtime_ns: int) -> dict[str, Any]:
-        """The record header, as the worker and recovery read it."""
+               ts: float, size: int, mtime_ns: int, how: str = "inline",
+               staged: str | None = None, ident: list[int] | None = None,
+               staging: list[str] | None = None) -> dict[str, Any]:
+        """The record header, as the worker and recovery read it. ``how`` is ``inline`` (the
+        payload is the file, ``size`` bytes) or how the file was staged at ``staged``."""
+        entry: dict[str, Any] = {"size": size, "how": how, "rel": name}
+        if staged is not None:
+            entry["path"] = staged
+        if ident is not None:
+            entry["id"] = ident
         return {"t": "snap", "rid": rid, "task": self.task_id, "src": src, "name": name,
-                "fw": framework, "kind": "file", "it": iteration, "ts": ts,
-                "files": [{"size": size, "how": "inline", "rel": name}], "staging": [],
-                "src_size": size, "src_mtime_ns": mtime_ns, "n": size}
+                "fw": framework, "kind": "file", "it": iteration, "ts": ts, "files": [entry],
+                "staging": staging or [], "src_size": size, "src_mtime_ns": mtime_ns,
+                "n": size if how == "inline" else 0}
 
     def line(self, rid: str, src: str, name: str, framework: str, iteration: int | None,
-             ts: float, size: int, mtime_ns: int) -> bytes:
+             ts: float, size: int, mtime_ns: int, how: str = "inline",
+             staged: str | None = None, ident: list[int] | None = None,
+             staging: list[str] | None = None) -> bytes:
         """``header(...)`` as one JSON line. ``rid`` is alphanumeric (``journal.new_id``),
-        ``iteration`` an int or None, ``size`` and ``mtime_ns`` ints: what ``os.stat`` gives."""
+        ``how`` one of staging's plain words, ``iteration`` an int or None, the sizes, times
+        and ``ident`` ints: what ``os.stat`` gives."""
         key = (src, name, framework)
         fixed = self._fixed.get(key)
         if fixed is None:
             fixed = self._fix(key)
+        extra = "" if staged is None else f',"path":{_encode_str(staged)}'
+        if ident is not None:
+            extra += f',"id":[{",".join(str(int(i)) for i in ident)}]'
+        folders = ",".join(_encode_str(f) for f in staging) if staging else ""
         return (f'{fixed}"rid":"{rid}","it":{"null" if iteration is None else iteration},'
-                f'"ts":{ts!r},"src_size":{size},"src_mtime_ns":{mtime_ns},"n":{size},'
-                f'"files":[{{"size":{size},"how":"inline","rel":{fixed.name_json}}}]}}\n'
+                f'"ts":{ts!r},"src_size":{size},"src_mtime_ns":{mtime_ns},'
+                f'"n":{size if how == "inline" else 0},"staging":[{folders}],'
+                f'"files":[{{"size":{size},"how":"{how}","rel":{fixed.name_json}{extra}}}]}}\n'
                 ).encode()
 
     def _fix(self, key: tuple[str, str, str]) -> _Fixed:
         src, name, framework = key
-        fixed = _Fixed(f'{{"t":"snap","task":{self._task_json},"src":{json.dumps(src)},'
-                       f'"name":{json.dumps(name)},"fw":{json.dumps(framework)},"kind":"file",'
-                       f'"staging":[],')
-        fixed.name_json = json.dumps(name)
+        fixed = _Fixed(f'{{"t":"snap","task":{self._task_json},"src":{_encode_str(src)},'
+                       f'"name":{_encode_str(name)},"fw":{json.dumps(framework)},'
+                       f'"kind":"file",')
+        fixed.name_json = _encode_str(name)
         if len(self._fixed) >= MAX_CACHED:
             self._fixed.clear()
         self._fixed[key] = fixed

@@ -200,12 +200,16 @@ def models_show(ctx: click.Context, model_id: str, as_json: bool) -> None:
     console.print(table)
     if info["snapshots"]:
         snaps = Table(title="snapshots", title_justify="left")
-        for col in ("version", "iteration", "state", "size", "digest", "created"):
-            snaps.add_column(col)
+        failed = any(s["error"] for s in info["snapshots"])  # why, next to the version it hit
+        for col in ("version", "iteration", "state", "size", "digest", "created", "file",
+                    *(["error"] if failed else [])):
+            snaps.add_column(col, overflow="fold")
         for s in info["snapshots"]:
             snaps.add_row(str(s["version"]), "" if s["iteration"] is None else str(s["iteration"]),
                           s["state"], "" if s["size"] is None else str(s["size"]),
-                          (s["digest"] or "")[:16], s["created"] or "")
+                          (s["digest"] or "")[:16], s["created"] or "",
+                          os.path.basename(s["source"] or ""),
+                          *([s["error"] or ""] if failed else []))
         console.print(snaps)
     if info["scalars"] or info["single_values"]:
         scalars = Table(title="scalars (latest value)", title_justify="left")

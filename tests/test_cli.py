@@ -61,8 +61,37 @@ def test_models_show(invoke, models):
     info = json.loads(result.output)
     assert info["name"] == "alpha" and info["metadata"]["dataset"]["value"] == "mnist"
     assert [s["version"] for s in info["snapshots"]] == [1]
+    assert info["snapshots"][0]["source"].endswith("w.pt")
     table = invoke("models", "show", a.id)
     assert table.exit_code == 0 and "metadata.dataset" in table.output
+    assert "w.pt" in table.output and "error" not in table.output
+
+
+def test_models_show_says_why_a_snapshot_failed(invoke, store_dir, tmp_path):
+    """A version whose file was rewritten in place before it was stored fails; the table
+    shows the reason and the file next to that version."""
+    weights = tmp_path / "final.bin"
+    script = tmp_path / "offline.py"
+    script.write_text(textwrap.dedent(f"""
+        from clearml_hooks import Task, OutputModel
+        task = Task.init(project_name="p", task_name="t", output_uri={str(store_dir)!r})
+        open({str(weights)!r}, "wb").write(b"a" * 200_000)
+        print(OutputModel(name="gamma").update_weights({str(weights)!r}) and "")
+        print(task.models["output"][-1].id)
+    """))
+    out = run_script(script, env={"CLEARML_HOOKS_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    model_id = out.stdout.split()[-1]
+    with open(weights, "r+b") as f:  # behind the hooks, before anything was stored
+        f.write(b"b" * 200_000)
+    assert invoke("sync").exit_code == 0
+    info = json.loads(invoke("models", "show", model_id, "--json").output)
+    assert [s["state"] for s in info["snapshots"]] == ["failed"]
+    assert "rewritten in place" in info["snapshots"][0]["error"]
+    table = invoke("models", "show", model_id)
+    assert table.exit_code == 0, table.output
+    text = "".join(c for c in table.output if c.isalnum() or c in "._")  # folded cells rejoined
+    assert "error" in text and "rewritteninplace" in text and "final.bin" in text
 
 
 def test_models_get(invoke, models, tmp_path):

@@ -166,7 +166,8 @@ def model_summary(catalog: SqlCatalog, model_id: str) -> dict[str, Any]:
     info["snapshots"] = [
         {"version": x["version"], "iteration": x["iteration"], "state": x["state"],
          "size": x["size"], "digest": x["digest"], "created": iso(x["created"]),
-         "error": x["error"]} for x in catalog.snapshots_of(model_id)]
+         "source": x["source_path"], "error": x["error"]}
+        for x in catalog.snapshots_of(model_id)]
     info["scalars"] = [{k: r[k] for k in ("title", "series", "iteration", "last", "min", "max")}
                        for r in model_metrics.last_scalars(catalog, model_id)]
     info["single_values"] = model_metrics.single_values(catalog, model_id)

@@ -84,9 +84,12 @@ class StorageManager:
                 fs, path = open_fs(remote_url)
                 tmp = os.path.join(folder, temp_name(".fetch"))
                 try:
-                    from clearml_hooks.models.downloads import DownloadProgress
+                    from clearml_hooks.models import downloads
 
-                    with DownloadProgress(clean.rsplit("/", 1)[-1]) as progress:
+                    with downloads.DownloadProgress(
+                            clean.rsplit("/", 1)[-1], window=downloads.HTTP_STALL_SECONDS,
+                            min_rate=downloads.HTTP_MIN_RATE if downloads.is_http(remote_url)
+                            else None) as progress:
                         fs.get_file(path, tmp, callback=progress)
                     os.replace(tmp, target)
                 finally:

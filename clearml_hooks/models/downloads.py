@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +25,8 @@ log = logging.getLogger("clearml_hooks")
 
 HTTP_CONNECT_TIMEOUT = 15.0  # seconds to open a connection to the server
 HTTP_READ_TIMEOUT = 120.0  # seconds without a byte from the server mid-download
+HTTP_MIN_RATE = 1024  # bytes per second: a download slower than this ...
+HTTP_STALL_SECONDS = 60.0  # ... for this long is cut off (curl's --speed-limit / --speed-time)
 HTTP_SCHEMES = ("http", "https")
 
 
@@ -200,7 +203,9 @@ def _remote_fs(uri: str) -> tuple[Any, str]:
 def _download_file(fs: Any, remote: str, tmp: str, uri: str) -> None:
     """One streamed GET (or the store's read) into ``tmp``, with a progress bar on a terminal."""
     log.info("clearml-hooks: downloading %s", _redact(uri, uri))
-    with DownloadProgress(os.path.basename(urlsplit(uri).path) or _redact(uri, uri)) as progress:
+    label = os.path.basename(urlsplit(uri).path) or _redact(uri, uri)
+    with DownloadProgress(label, min_rate=HTTP_MIN_RATE if is_http(uri) else None,
+                          window=HTTP_STALL_SECONDS) as progress:
         _explained(uri, fs.get_file, remote, tmp, callback=progress)
 
 
@@ -236,6 +241,9 @@ def _explain(uri: str, exc: BaseException) -> str:
     if type(exc).__name__ == "TooManyRedirects":
         return (f"{host} redirected the download of {uri} too many times (a redirect loop?)"
                 + again)
+    if isinstance(exc, Stalled):
+        return (f"{host} sent the download of {uri} too slowly ({exc}): the server is stuck or "
+                "overloaded; try again later" + again)
     if isinstance(exc, TimeoutError):
         limits = (f" (no byte for {HTTP_READ_TIMEOUT:g} s, or no connection in "
                   f"{HTTP_CONNECT_TIMEOUT:g} s)" if is_http(uri) else "")
@@ -261,11 +269,24 @@ def _explain(uri: str, exc: BaseException) -> str:
     return f"could not download {uri}: {type(exc).__name__}: {exc}"
 
 
-class DownloadProgress(Callback):
-    """An fsspec callback drawing a rich progress bar on stderr (nothing when not a terminal)."""
+class Stalled(Exception):
+    """A download kept trickling in below the minimum rate (a read timeout never fires).
+    Not a TimeoutError: fsspec turns those into its own, losing the reason."""
 
-    def __init__(self, label: str) -> None:
+
+class DownloadProgress(Callback):
+    """An fsspec callback drawing a rich progress bar on stderr (nothing when not a terminal).
+
+    With ``min_rate``, it also cuts off a download that receives fewer than ``min_rate`` bytes
+    per second over ``window`` seconds: a server dripping a byte now and then never trips the
+    read timeout, and would hold the caller forever.
+    """
+
+    def __init__(self, label: str, *, min_rate: float | None = None,
+                 window: float = HTTP_STALL_SECONDS) -> None:
         super().__init__()
+        self._min_rate, self._window = min_rate, window
+        self._mark = (time.monotonic(), 0)
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -291,3 +312,12 @@ class DownloadProgress(Callback):
 
     def call(self, *args: Any, **kwargs: Any) -> None:
         self._bar.update(self._task, total=self.size, completed=self.value)
+        if self._min_rate is None:
+            return
+        now = time.monotonic()
+        since, at = self._mark
+        if now - since >= self._window:
+            if self.value - at < self._min_rate * (now - since):
+                raise Stalled(f"{self.value - at} bytes in {now - since:.0f} s, under "
+                              f"{self._min_rate:g} bytes/s for {self._window:g} s")
+            self._mark = (now, self.value)

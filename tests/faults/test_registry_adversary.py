@@ -464,6 +464,46 @@ def test_a_server_that_accepts_and_never_answers_fails_in_bounded_time(task, sto
         assert _leftovers(store_dir) == [] and _cached_weights(store_dir) == [], what
 
 
+def test_a_server_dripping_bytes_is_cut_off_and_a_steady_one_is_not(task, store_dir, raw_server,
+                                                                    monkeypatch):
+    """A byte now and then never trips the read timeout; under the minimum rate for the
+    window (curl's --speed-limit / --speed-time) the download fails, says why, leaves nothing;
+    a server that is slow but steady above the rate is downloaded in full."""
+    from clearml_hooks import InputModel, StorageManager
+    from clearml_hooks.models import downloads
+
+    monkeypatch.setattr(downloads, "HTTP_MIN_RATE", 2000)
+    monkeypatch.setattr(downloads, "HTTP_STALL_SECONDS", 1.0)
+
+    def drip(conn, path):
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(GOOD)}\r\n\r\n".encode())
+        for i in range(len(GOOD)):
+            conn.sendall(GOOD[i:i + 1])
+            if server.stop.wait(0.1):
+                return
+
+    def steady(conn, path):
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(GOOD)}\r\n\r\n".encode())
+        for i in range(0, len(GOOD), 8000):  # 8 KB every 0.25 s: about 32 KB/s, for 2 s
+            conn.sendall(GOOD[i:i + 8000])
+            time.sleep(0.25)
+
+    server = raw_server(drip)
+    model = InputModel.import_model(f"{server.base}/drip.pt", name="drip")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"too slowly .* under 2000 bytes/s for 1 s"):
+        model.get_local_copy(raise_on_error=True)
+    assert time.monotonic() - start < 10
+    assert _leftovers(store_dir) == [] and _cached_weights(store_dir) == []
+    start = time.monotonic()
+    assert StorageManager.get_local_copy(f"{server.base}/drip-again.pt") is None
+    assert time.monotonic() - start < 10
+
+    fine = raw_server(steady)
+    model = InputModel.import_model(f"{fine.base}/steady.pt", name="steady")
+    assert open(model.get_local_copy(raise_on_error=True), "rb").read() == GOOD
+
+
 def test_a_body_cut_short_is_never_returned_nor_cached(task, store_dir, raw_server):
     from clearml_hooks import InputModel
 

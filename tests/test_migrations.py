@@ -223,3 +223,66 @@ def test_a_catalog_newer_than_the_code_is_refused(tmp_path):
         conn.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
     with pytest.raises(CatalogError, match="newer than this clearml-hooks.*upgrade clearml-hooks"):
         SqlCatalog(url)
+
+
+FOREIGN = {
+    # an application with its own "models" table (Django, a feature store, ...)
+    "a models table": ["CREATE TABLE models (id INTEGER PRIMARY KEY, title TEXT)",
+                       "INSERT INTO models VALUES (1, 'theirs')"],
+    # MLflow's tracking database: its own Alembic history
+    "MLflow's database": ["CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)",
+                          "INSERT INTO alembic_version VALUES ('0584bdc529eb')",
+                          "CREATE TABLE experiments (id INTEGER PRIMARY KEY, name TEXT)",
+                          "INSERT INTO experiments VALUES (1, 'theirs')"],
+    # any table named like one of ours
+    "a tasks table": ["CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT)",
+                      "INSERT INTO tasks VALUES (1, 'theirs')"],
+}
+
+
+def _dump(url: str) -> dict[str, list]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        from sqlalchemy import inspect
+
+        with engine.connect() as conn:
+            return {t: sorted(map(tuple, conn.execute(text(f'SELECT * FROM "{t}"'))))
+                    for t in sorted(inspect(conn).get_table_names())}
+    finally:
+        engine.dispose()
+
+
+def _make_foreign(url: str, statements: list[str]) -> None:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("what", list(FOREIGN))
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_another_applications_database_is_refused_untouched(what, dialect, tmp_path, request):
+    """Pointed at a database that holds another application's tables where ours would go,
+    the catalog says so (and what to do) instead of migrating or mixing into them."""
+    url = (f"sqlite:///{tmp_path / 'theirs.db'}" if dialect == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    _make_foreign(url, FOREIGN[what])
+    before = _dump(url)
+    with pytest.raises(CatalogError, match="not a clearml-hooks catalog.*another application"
+                                           ".*nothing in it was changed.*catalog_url"):
+        SqlCatalog(url)
+    assert _dump(url) == before
+
+
+def test_a_catalog_beside_unrelated_tables_is_created(tmp_path):
+    """A database shared with unrelated tables (no name in common) gets the catalog beside
+    them, and theirs are left as they were."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    _make_foreign(url, ["CREATE TABLE customers (id INTEGER PRIMARY KEY)",
+                        "INSERT INTO customers VALUES (7)"])
+    SqlCatalog(url).close()
+    dump = _dump(url)
+    assert dump["customers"] == [(7,)] and dump["alembic_version"] == [(migrations.HEAD,)]

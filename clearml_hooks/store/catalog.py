@@ -139,7 +139,7 @@ class SqlCatalog:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
             migrations.ensure_schema(self)
-        except migrations.SchemaTooNew as exc:
+        except (migrations.SchemaTooNew, migrations.NotOurDatabase) as exc:
             raise CatalogError(str(exc)) from None
         except DBAPIError as exc:
             problem = self._read_only_problem()

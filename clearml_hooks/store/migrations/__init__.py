@@ -33,6 +33,32 @@ class SchemaTooNew(RuntimeError):
     """The catalog was migrated by a newer clearml-hooks than this one."""
 
 
+class NotOurDatabase(RuntimeError):
+    """The database holds another application's tables where the catalog's would go."""
+
+
+def _is_ours(conn: Connection, tables: set[str]) -> bool:
+    """Every clearml-hooks catalog, before migrations and since, has ``info`` with a
+    ``schema`` row; another application's ``info`` or ``models`` table does not."""
+    if "info" not in tables:
+        return False
+    columns = {c["name"] for c in inspect(conn).get_columns("info")}
+    if not {"key", "value"} <= columns:
+        return False
+    with conn.begin_nested():
+        return conn.execute(select(s.info.c.value).where(s.info.c.key == "schema")).first() \
+            is not None
+
+
+def _refuse_foreign(url: str, tables: set[str], revision: str | None) -> NotOurDatabase:
+    found = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+    alembic = f", Alembic revision {revision}" if revision else ""
+    return NotOurDatabase(
+        f"the database at {url} is not a clearml-hooks catalog: it holds another application's "
+        f"tables ({found}{alembic}); nothing in it was changed. Give clearml-hooks a database "
+        "(or PostgreSQL schema) of its own: the catalog_url setting (CLEARML_HOOKS_CATALOG_URL)")
+
+
 def current_revision(conn: Connection) -> str | None:
     """The catalog's revision, or None when it has no version table (new, or from before
     migrations). One query; on a missing table the caller's transaction is spoiled."""
@@ -65,12 +91,25 @@ def ensure_schema(catalog) -> None:
                 revision = current_revision(conn)
             if revision == HEAD:
                 return  # another process got here first
-        elif not tables & {"info", "models"}:
-            _create_at_head(conn)
+            if not _is_ours(conn, tables):  # e.g. MLflow's database: its own Alembic history
+                raise _refuse_foreign(_shown_url(catalog), tables, revision)
+        elif not tables & {"info", "models", *s.metadata.tables}:
+            _create_at_head(conn)  # a new catalog, alone or beside unrelated tables
             return
+        elif not _is_ours(conn, tables):
+            raise _refuse_foreign(_shown_url(catalog), tables, None)
         from clearml_hooks.store.migrations import upgrade
 
         upgrade.upgrade(conn, catalog.url)
+
+
+def _shown_url(catalog) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(catalog.url).render_as_string(hide_password=True)
+    except Exception:
+        return "the configured catalog_url"
 
 
 def _create_at_head(conn: Connection) -> None:

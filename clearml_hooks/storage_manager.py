@@ -28,8 +28,9 @@ def _local_path(url: str) -> str | None:
 
 def _cache_root(cache_context: str | None) -> str:
     from clearml_hooks.config import Settings
+    from clearml_hooks.store import writable_cache_dir
 
-    root = os.path.join(Settings.resolve().home, "cache", "storage")
+    root = writable_cache_dir(Settings.resolve().home, "storage")
     return os.path.join(root, cache_context) if cache_context else root
 
 

@@ -38,6 +38,7 @@ class Store:
         self._worker: Worker | None = None
         self._device: int | None = None
         self._lock = threading.Lock()
+        self._cache_dir: str | None = None
 
     # -- catalog and blobs: opened on first use ---------------------------------------------------
 
@@ -82,7 +83,12 @@ class Store:
 
     @property
     def cache_dir(self) -> str:
-        return os.path.join(self.home, "cache")
+        """Where downloads and materialized models go: the store's ``cache`` folder, or the
+        user's cache folder when the store is read-only (a registry mounted read-only into a
+        serving or CI container is still read)."""
+        if self._cache_dir is None:
+            self._cache_dir = writable_cache_dir(self.home)
+        return self._cache_dir
 
     # -- capture: journal, staging, worker --------------------------------------------------------
 
@@ -126,12 +132,10 @@ class Store:
     def journal_roots(self) -> list[str]:
         """Where journals live: the store's folder, then a fallback on another disk (the
         user's state folder) for when the store's disk is full or read-only."""
-        import hashlib
-
-        key = hashlib.sha256(os.path.abspath(self.home).encode()).hexdigest()[:16]
         state = os.environ.get("XDG_STATE_HOME") or os.path.join(
             os.path.expanduser("~"), ".local", "state")
-        return [self.journal_root, os.path.join(state, "clearml-hooks", "journal", key)]
+        return [self.journal_root,
+                os.path.join(state, "clearml-hooks", "journal", store_key(self.home))]
 
     @property
     def staging_dir(self) -> str:
@@ -143,6 +147,29 @@ class Store:
             os.makedirs(self.staging_root, exist_ok=True)
             self._device = os.stat(self.staging_root).st_dev
         return self._device
+
+
+def store_key(home: str) -> str:
+    """A short name for a store, for folders of it kept outside it (journal, cache)."""
+    import hashlib
+
+    return hashlib.sha256(os.path.abspath(home).encode()).hexdigest()[:16]
+
+
+def writable_cache_dir(home: str, *parts: str) -> str:
+    """``<home>/cache/<parts>``, or the same under the user's cache folder
+    (``$XDG_CACHE_HOME/clearml-hooks/<store key>``) when the store cannot be written."""
+    inside = os.path.join(home, "cache", *parts)
+    probe = inside
+    while not os.path.exists(probe):  # the nearest folder that exists decides
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.access(probe, os.W_OK):
+        return inside
+    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(user, "clearml-hooks", store_key(home), *parts)
 
 
 CATALOG_GROUP = "clearml_hooks.catalogs"

@@ -69,6 +69,7 @@ class SqlCatalog:
         self.url = url
         self.timeout = timeout
         self.is_sqlite = url.startswith("sqlite")
+        self.read_only = False
         self._write_lock = threading.RLock()
         self.engine = self._make_engine(url)
         self._create_schema()
@@ -90,15 +91,32 @@ class SqlCatalog:
                             "options": f"-c statement_timeout={seconds * 1000}"}
             return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4,
                                  pool_timeout=seconds, connect_args=connect_args)
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        self.read_only = self._sqlite_read_only()
+        if self.read_only:
+            # a store on a read-only mount (a registry mounted into a serving or CI container):
+            # opened read-only, and never written (see ``write``). Closed cleanly (no WAL index
+            # left), SQLite can open a WAL database there only when told nothing changes it
+            import sqlite3
+            from urllib.parse import quote
+
+            path = self._sqlite_path()
+            immutable = "" if os.path.exists(path + "-shm") else "&immutable=1"
+            uri = f"file:{quote(path)}?mode=ro{immutable}"
+            engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(
+                uri, uri=True, timeout=60, check_same_thread=False))
+        else:
+            engine = create_engine(url, connect_args={"timeout": 60,
+                                                      "check_same_thread": False})
+        read_only = self.read_only
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA busy_timeout = 60000")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            if not read_only:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.close()
 
@@ -109,10 +127,25 @@ class SqlCatalog:
 
         return engine
 
+    def _sqlite_path(self) -> str:
+        return os.path.abspath(self.url.split("///", 1)[-1])
+
+    def _sqlite_read_only(self) -> bool:
+        """A SQLite catalog that exists and cannot be written here (a read-only file, folder
+        or mount)."""
+        path = self.url.split("///", 1)[-1]
+        if not path or path == ":memory:" or "?" in path:
+            return False
+        return os.path.isfile(self._sqlite_path()) and self._read_only_problem() is not None
+
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction. On SQLite it takes the write lock at BEGIN (IMMEDIATE) and waits
         up to a minute for it, so concurrent writers queue instead of failing."""
+        if self.read_only:
+            raise CatalogError(f"cannot change the catalog {self._read_only_problem()}; it is "
+                               "opened read-only: make the changes where the store can be "
+                               "written")
         # threads of one process queue on a lock, not in SQLite's busy handler (which sleeps
         # up to 100 ms per collision); other processes still queue in SQLite
         lock = self._write_lock if self.is_sqlite else _NO_LOCK

@@ -84,14 +84,18 @@ def test_serve_hot_swaps_under_load_and_keeps_old_on_failure(tmp_path, monkeypat
         assert _infer(url, [[3.0], [4.0]]) == pytest.approx([3.0, 4.0])
         assert _get(base + "/v2/models/other")[0] == 404
 
-        def client():
+        seen: list[list[float]] = [[], []]  # each client's answers, in its order
+
+        def client(mine: list[float]):
             while not stop.is_set():
                 try:
-                    results.append(_infer(url, [[5.0]])[0])
+                    value = _infer(url, [[5.0]])[0]
+                    mine.append(value)
+                    results.append(value)
                 except Exception as exc:  # any failed request fails the test
                     failures.append(repr(exc))
 
-        clients = [threading.Thread(target=client) for _ in range(2)]
+        clients = [threading.Thread(target=client, args=(mine,)) for mine in seen]
         for c in clients:
             c.start()
         wait_for(lambda: len(results) > 20)
@@ -119,9 +123,12 @@ def test_serve_hot_swaps_under_load_and_keeps_old_on_failure(tmp_path, monkeypat
     assert failures == []
     assert set(round(v, 6) for v in results) <= {5.0, 10.0}
     assert results[0] == pytest.approx(5.0) and results[-1] == pytest.approx(10.0)
-    # every answer after the first 10.0 is 10.0: the swap is one step, never back
-    first_new = next(i for i, v in enumerate(results) if v == pytest.approx(10.0))
-    assert all(v == pytest.approx(10.0) for v in results[first_new:])
+    # a client that got an answer of the new model never gets the old one again: the swap is
+    # one step, never back (across clients, a request sent just before the swap may finish
+    # after another client's first new answer)
+    for mine in seen:
+        first_new = next(i for i, v in enumerate(mine) if v == pytest.approx(10.0))
+        assert all(v == pytest.approx(10.0) for v in mine[first_new:]), mine
 
 
 def test_serve_requires_a_selector(tmp_path, monkeypatch):

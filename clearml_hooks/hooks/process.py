@@ -33,7 +33,8 @@ _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SL
 # os.environ.get raises and catches a KeyError for every unset name (about 1 us each, five
 # names, on every captured call): the environment's own dict, read with .get, is what it wraps
 _environ_data = getattr(os.environ, "_data", None)
-_RANK_KEYS = tuple(os.environ.encodekey(n) for n in _RANK_VARIABLES) if _environ_data else ()
+_RANK_KEYS = (tuple(os.environ.encodekey(n) for n in _RANK_VARIABLES)
+              if _environ_data is not None else ())
 
 
 def env_rank() -> int:

@@ -59,6 +59,28 @@ class Store:
                     f"cannot open the model store (catalog {_redact(self.settings.catalog_url)}, "
                     f"blobs {self.settings.blob_url}): {type(exc).__name__}: {exc}") from exc
 
+    def import_worker_modules(self) -> None:
+        """Import what the background worker uses, under the lock a fork waits for
+        (``_before_fork``): a fork while a thread is inside an import leaves that module's lock
+        held in the child by a thread that does not exist there, and the child's own worker
+        would hang on it."""
+        with self._open_lock:
+            import clearml_hooks.store.blobs
+            import clearml_hooks.store.events
+            import clearml_hooks.store.ingest
+            import clearml_hooks.store.model_ops
+            import clearml_hooks.store.processor
+            import clearml_hooks.store.recovery
+            import clearml_hooks.store.staging  # noqa: F401
+
+    def open_other_blobs(self, url: str) -> BlobStore:
+        """A blob store other than this store's own (``update_weights`` to another
+        destination), opened under the same fork lock (it may import a filesystem)."""
+        from clearml_hooks.store.blobs import open_blob_store
+
+        with self._open_lock:
+            return open_blob_store(url)
+
     def wait(self, timeout: float | None = None) -> None:
         """Open the store now (raises ``StoreUnavailable`` with the reason)."""
         self._open()

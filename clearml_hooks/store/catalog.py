@@ -144,8 +144,8 @@ class SqlCatalog:
         up to a minute for it, so concurrent writers queue instead of failing."""
         if self.read_only:
             raise CatalogError(f"cannot change the catalog {self._read_only_problem()}; it is "
-                               "opened read-only: make the changes where the store can be "
-                               "written")
+                               "opened read-only: make the changes where the store is "
+                               "writable")
         # threads of one process queue on a lock, not in SQLite's busy handler (which sleeps
         # up to 100 ms per collision); other processes still queue in SQLite
         lock = self._write_lock if self.is_sqlite else _NO_LOCK
@@ -174,9 +174,10 @@ class SqlCatalog:
             migrations.ensure_schema(self)
         except (migrations.SchemaTooNew, migrations.NotOurDatabase) as exc:
             raise CatalogError(str(exc)) from None
-        except DBAPIError as exc:
+        except (DBAPIError, CatalogError) as exc:
             problem = self._read_only_problem()
-            if problem is None and self.is_sqlite and "not a database" in str(exc.orig):
+            if (problem is None and isinstance(exc, DBAPIError) and self.is_sqlite
+                    and "not a database" in str(exc.orig)):
                 path = os.path.abspath(self.url.split("///", 1)[-1])
                 raise CatalogError(
                     f"the catalog {path} is not a SQLite database (damaged, or another "
@@ -184,11 +185,12 @@ class SqlCatalog:
                     "aside to start a new catalog") from exc
             if problem is None:
                 raise
+            cause = exc.orig if isinstance(exc, DBAPIError) else "opened read-only"
             raise CatalogError(
                 f"cannot open the catalog {problem}: clearml-hooks writes next to it to open it "
                 "(SQLite's WAL journal) and to upgrade a catalog made by an older release; it "
                 "was left unchanged. Make it writable by this user, or copy the store to a "
-                f"writable folder ({exc.orig or exc})") from exc
+                f"writable folder ({cause or exc})") from exc
 
     def _read_only_problem(self) -> str | None:
         """What makes a SQLite catalog unwritable (a read-only file or folder), or None."""

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from clearml_hooks.store import events
 from clearml_hooks.store import schema as s
 from clearml_hooks.store.catalog import SqlCatalog, new_id, now
+from clearml_hooks.store.safe_paths import catalog_text
 
 GC_LOCK_KEY = "blob_gc"
 NAME_MAX = 512  # models.name
@@ -76,14 +77,15 @@ def ingest_snapshot_in(catalog: SqlCatalog, conn: Connection, h: dict[str, Any],
         s.snapshots.c.model_id == model_id)).scalar() or 0) + 1
     values = {
         "id": h["rid"], "model_id": model_id, "version": version, "iteration": h.get("it"),
-        "state": "pending", "kind": h["kind"], "source_path": h.get("src"),
+        "state": "pending", "kind": h["kind"], "source_path": catalog_text(h.get("src")),
         "source_size": h.get("src_size"), "source_mtime_ns": h.get("src_mtime_ns"),
         "staging": json.dumps(h.get("staging") or []), "owner": owner, "created": h["ts"]}
     conn.execute(s.snapshots.insert(), values)
     files = h.get("files") or []
     if files:
         conn.execute(s.snapshot_files.insert(), [
-            {"snapshot_id": h["rid"], "relpath": f["rel"], "size": f["size"]} for f in files])
+            {"snapshot_id": h["rid"], "relpath": catalog_text(f["rel"]), "size": f["size"]}
+            for f in files])
     return values
 
 
@@ -102,7 +104,7 @@ def _captured_model(catalog: SqlCatalog, conn: Connection, h: dict[str, Any], t:
     takes them later (labels set on the task after its first save)."""
     m = s.models
     q = select(m.c.id, m.c.labels, m.c.published).where(
-        m.c.task_id == h["task"], m.c.source == h["src"])
+        m.c.task_id == h["task"], m.c.source == catalog_text(h["src"]))
     found = conn.execute(q).first()
     task = conn.execute(select(s.tasks.c.project_id, s.tasks.c.name, s.tasks.c.labels).where(
         s.tasks.c.id == h["task"])).first()
@@ -117,13 +119,14 @@ def _captured_model(catalog: SqlCatalog, conn: Connection, h: dict[str, Any], t:
             conn.execute(m.insert().values(
                 id=model_id, project_id=task.project_id if task is not None else None,
                 task_id=h["task"], name=captured_model_name(
-                    task.name if task is not None else None, h["name"]),
-                source=h["src"], origin="captured", framework=h.get("fw"), comment="",
+                    task.name if task is not None else None, catalog_text(h["name"])),
+                source=catalog_text(h["src"]), origin="captured", framework=h.get("fw"), comment="",
                 tags="[]", system_tags="[]", labels=labels, is_package=h["kind"] != "file",
                 published=False, archived=False, ready=False, iteration=h.get("it"),
                 parent_id=_only_input(conn, h["task"]), created=t, updated=t))
             conn.execute(s.task_models.insert().values(
-                task_id=h["task"], model_id=model_id, direction="output", name=h["name"],
+                task_id=h["task"], model_id=model_id, direction="output",
+                name=catalog_text(h["name"]),
                 created=t))
     except IntegrityError:  # another process of this task saved the same path first
         return conn.execute(q).scalar_one()
@@ -217,6 +220,7 @@ def fail_snapshot(catalog: SqlCatalog, snapshot_id: str, error: str) -> bool:
 
 
 def fail_in(conn: Connection, snapshot_id: str, error: str) -> bool:
+    error = catalog_text(error) or ""  # it may quote a file name that is not UTF-8
     conn.execute(delete(s.blob_pins).where(s.blob_pins.c.snapshot_id == snapshot_id))
     result = conn.execute(update(s.snapshots).where(
         s.snapshots.c.id == snapshot_id, s.snapshots.c.state == "pending").values(

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.store.journal import Record
+from clearml_hooks.store.safe_paths import catalog_text
 
 if TYPE_CHECKING:
     from clearml_hooks.store import Store
@@ -141,9 +142,7 @@ class Processor:
             return self.store.blobs
         blobs = self._dest_blobs.get(dest)
         if blobs is None:
-            from clearml_hooks.store.blobs import open_blob_store
-
-            blobs = self._dest_blobs[dest] = open_blob_store(dest)
+            blobs = self._dest_blobs[dest] = self.store.open_other_blobs(dest)
         return blobs
 
     def _inline_files(self, records: list[Record]) -> dict[str, Any]:
@@ -182,7 +181,7 @@ class Processor:
         stored: list[tuple[str, str, int]] = []
         inline_files = iter(inline)
         for f in h["files"]:
-            rel = f["rel"]
+            rel = catalog_text(f["rel"])
             if f["how"] == "inline":
                 sha, data = next(inline_files)
                 if not blobs.exists(sha):
@@ -226,12 +225,12 @@ class Processor:
             return
         match = None
         if h["kind"] == "file" and h.get("size") is not None:
-            match = catalog.find_by_source(h["path"], h["size"], h["mtime_ns"])
+            match = catalog.find_by_source(catalog_text(h["path"]), h["size"], h["mtime_ns"])
         hashed = []
         for full, rel in files:
             try:
                 with open(full, "rb", buffering=0) as f:
-                    hashed.append((rel, *hash_stream(f)))
+                    hashed.append((catalog_text(rel), *hash_stream(f)))
             except OSError:
                 return  # gone or unreadable since it was loaded: no lineage, nothing blocked
         digest = hashed[0][1] if h["kind"] == "file" else manifest_digest(hashed)
@@ -240,8 +239,9 @@ class Processor:
         if match is not None:
             catalog.link_model(h["task"], match["model_id"], "input", snapshot_id=match["id"])
         else:
-            ingest.register_import(catalog, task_id=h["task"], path=h["path"], kind=h["kind"],
-                                   framework=h["fw"], name=h["name"], digest=digest,
+            ingest.register_import(catalog, task_id=h["task"], path=catalog_text(h["path"]),
+                                   kind=h["kind"], framework=h["fw"],
+                                   name=catalog_text(h["name"]), digest=digest,
                                    hashed=hashed)
         ingest.adopt_parent(catalog, h["task"], h.get("ts"))
 

@@ -17,6 +17,19 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _WINDOWS_PATHS = "\\" in (os.sep, os.altsep)
 
 
+def catalog_text(value: str | None) -> str | None:
+    """A path or name as the catalog can store it: a file name that is not valid UTF-8 (on
+    POSIX, ``os.fsdecode`` keeps its bytes as lone surrogates, which no database takes) gets
+    those bytes written as ``\\xff``; anything else is returned as it is."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _whose(model: str | None) -> str:
     return f"model {model}: " if model else ""
 

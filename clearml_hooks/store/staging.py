@@ -109,8 +109,12 @@ def free_bytes(path: str) -> int | None:
 
 def open_regular(src: str) -> tuple[int, os.stat_result]:
     """Open a saved file for staging: (fd, its stat). NotStaged when it is not a regular file
-    (a FIFO or device: opened non-blocking, so it never blocks us)."""
-    fd = os.open(src, _OPEN_FLAGS)
+    (a FIFO or device: opened non-blocking, so it never blocks us) or cannot be opened (gone
+    already, a symlink loop, no permission): the snapshot then fails with that reason."""
+    try:
+        fd = os.open(src, _OPEN_FLAGS)
+    except OSError as exc:
+        raise NotStaged(f"{src} cannot be read: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
     except BaseException:

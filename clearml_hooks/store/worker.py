@@ -195,6 +195,10 @@ class Worker:
 
     def _run(self, generation: int) -> None:
         _lower_priority()
+        try:
+            self.store.import_worker_modules()
+        except Exception:
+            pass  # an import that fails is reported where it is used
         while True:
             batch = self._next_batch()
             if generation != self._generation:

@@ -346,15 +346,20 @@ FORK_LOOP = """
 """
 
 
+def _run_forking(z, tmp_path: Path, body: str):
+    """Run a script that forks capturing children: (store, work folder, finished process)."""
+    home, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    env = env_for(home, STORE=str(home), CLEARML_HOOKS_CAPTURE_IN_WORKERS="1")
+    proc = z.run(write_script(tmp_path, body), env, work, timeout=90)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return home, work, proc
+
+
 def test_fork_mid_save_loop_keeps_every_save_with_distinct_ids(z, tmp_path):
     from clearml_hooks.store.journal import read_records
 
-    home, work = tmp_path / "store", tmp_path / "work"
-    work.mkdir()
-    script = write_script(tmp_path, FORK_LOOP)
-    env = env_for(home, STORE=str(home), CLEARML_HOOKS_CAPTURE_IN_WORKERS="1")
-    proc = z.run(script, env, work, timeout=90)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    home, work, proc = _run_forking(z, tmp_path, FORK_LOOP)
     parent = json.loads((work / "parent.json").read_text())
     child = json.loads((work / "child.json").read_text())
     saved = set(parent["saved"]) | set(child["saved"])
@@ -414,12 +419,7 @@ FORK_DURING_IMPORT = """
 
 
 def test_fork_while_the_worker_imports_does_not_hang_the_child(z, tmp_path):
-    home, work = tmp_path / "store", tmp_path / "work"
-    work.mkdir()
-    script = write_script(tmp_path, FORK_DURING_IMPORT)
-    env = env_for(home, STORE=str(home), CLEARML_HOOKS_CAPTURE_IN_WORKERS="1")
-    proc = z.run(script, env, work, timeout=90)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    home, work, proc = _run_forking(z, tmp_path, FORK_DURING_IMPORT)
     evs = events(proc.stdout)
     assert {"importing": True} in evs, evs  # the fork did happen mid-import
     assert {"child_flushed": True} in evs, evs

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -136,17 +137,21 @@ def main(key: str, setup: Callable[[str], dict]) -> None:
     from clearml_hooks import Task
 
     tmp = tempfile.mkdtemp()
-    fw = setup(tmp)
-    task = Task.init(project_name="bench", task_name=f"{key}-save",
-                     output_uri=os.path.join(tmp, "store"))
-    task.wait_registered()
-    results = {"version": fw["version"], "save": save_stall(task, fw["save"], args.repeats)}
-    results["save"]["model_mb"] = os.path.getsize(fw["path"]) / 1e6
-    task.close()
+    try:
+        fw = setup(tmp)
+        task = Task.init(project_name="bench", task_name=f"{key}-save",
+                         output_uri=os.path.join(tmp, "store"))
+        task.wait_registered()
+        results = {"version": fw["version"],
+                   "save": save_stall(task, fw["save"], args.repeats)}
+        results["save"]["model_mb"] = os.path.getsize(fw["path"]) / 1e6
+        task.close()
 
-    for mode, frameworks in (("captured", True), ("filtered", {key: "final*"})):
-        results[f"load_{mode}"] = load_cost(key, tmp, fw["load"], fw["hook_call"], frameworks,
-                                            args.repeats, args.calls)
+        for mode, frameworks in (("captured", True), ("filtered", {key: "final*"})):
+            results[f"load_{mode}"] = load_cost(key, tmp, fw["load"], fw["hook_call"],
+                                                frameworks, args.repeats, args.calls)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the models and the store (megabytes each run)
     if args.json:
         print(json.dumps(results, indent=2))
         return

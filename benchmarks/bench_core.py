@@ -21,8 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _python(code: str, env: dict | None = None) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    """Run a snippet in a fresh interpreter; its last stdout line. Its temporary files
+    (``tempfile`` honours ``TMPDIR``: checkpoints of hundreds of MB, stores) go in a folder
+    removed afterwards, whatever the snippet cleans up itself."""
+    with tempfile.TemporaryDirectory(prefix="clearml-hooks-bench-") as tmpdir:
+        out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO),
+                                             "TMPDIR": tmpdir, **(env or {})})
     if out.returncode:
         raise RuntimeError(out.stderr)
     return out.stdout.strip().splitlines()[-1]

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench-tf-")
+    atexit.register(shutil.rmtree, work, True)  # models of 100 MB and the store, after the task
     task = Task.init(project_name="bench", task_name="tensorflow",
                      output_uri=os.path.join(work, "store"))
     task.wait_registered()

@@ -13,6 +13,7 @@ Measured through a real uvicorn server on 127.0.0.1 (time to the last byte, medi
 from __future__ import annotations
 
 import argparse
+import shutil
 import random
 import statistics
 import sys
@@ -92,15 +93,17 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true")
     args = parser.parse_args()
     pg = None
-    if args.postgres:
-        from tests.servers import start_postgres
-
-        pg = start_postgres(Path(tempfile.mkdtemp()) / "pg")
+    pg_root = tempfile.mkdtemp()
     try:
+        if args.postgres:
+            from tests.servers import start_postgres
+
+            pg = start_postgres(Path(pg_root) / "pg")
         run(args, pg.url if pg else None)
     finally:
         if pg is not None:
             pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, catalog_url: str | None) -> None:

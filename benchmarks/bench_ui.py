@@ -13,8 +13,8 @@ Measured through a real uvicorn server on 127.0.0.1 (time to the last byte, medi
 from __future__ import annotations
 
 import argparse
-import shutil
 import random
+import shutil
 import statistics
 import sys
 import tempfile

@@ -86,6 +86,9 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
         self.closed = False
         self.inert = False
         self._logger: Logger | None = None
+        from clearml_hooks.hooks import contract
+
+        self._errors_before = contract.error_count()  # capture_stats counts this task's only
 
     # -- ClearML's class API ------------------------------------------------------------------
 
@@ -381,11 +384,12 @@ class Task(TaskRegistryMixin, TaskCompatMixin):
 
     @property
     def capture_stats(self) -> dict[str, int]:
-        """Counters: saves, loads, skipped_stream, protected_by_link, agent_errors, ..."""
+        """Counters: saves, loads, skipped_stream, protected_by_link, agent_errors (since this
+        task started), ..."""
         from clearml_hooks.hooks import contract
 
         stats = dict(self.capturer.stats)
-        stats["agent_errors"] = contract.error_count()
+        stats["agent_errors"] = contract.error_count() - self._errors_before
         return stats
 
     # -- models -------------------------------------------------------------------------------

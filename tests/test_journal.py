@@ -140,3 +140,20 @@ def test_a_fifo_save_is_skipped_and_later_saves_are_captured(tmp_path):
     assert open(model.get_local_copy(), "rb").read() == (tmp_path / "final.pt").read_bytes()
     assert task.capture_stats["not_staged"] == 1  # the FIFO: said so, stored nothing
     task.close()
+
+
+def test_capture_stats_count_this_tasks_agent_errors_only(tmp_path, monkeypatch):
+    """An agent error of an earlier task in the process is not counted again by the next."""
+    from clearml_hooks.hooks import contract
+
+    monkeypatch.setenv("CLEARML_HOOKS_STRICT", "0")
+    first = Task.init(project_name="p", task_name="one", output_uri=str(tmp_path / "s1"))
+    try:
+        raise RuntimeError("an agent failure")
+    except RuntimeError:
+        contract.agent_error("test: a hook")
+    assert first.capture_stats["agent_errors"] == 1
+    first.close()
+    second = Task.init(project_name="p", task_name="two", output_uri=str(tmp_path / "s2"))
+    assert second.capture_stats["agent_errors"] == 0
+    second.close()

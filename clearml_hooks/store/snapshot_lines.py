@@ -25,7 +25,8 @@ class SnapshotLines:
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self._task_json = _encode_str(task_id)
-        self._fixed: dict[tuple[str, str, str], _Fixed] = {}
+        # (src, name, framework) -> (the line's fixed start, the file name's JSON)
+        self._fixed: dict[tuple[str, str, str], tuple[str, str]] = {}
 
     def header(self, rid: str, src: str, name: str, framework: str, iteration: int | None,
                ts: float, size: int, mtime_ns: int, how: str = "inline",
@@ -54,29 +55,24 @@ class SnapshotLines:
         fixed = self._fixed.get(key)
         if fixed is None:
             fixed = self._fix(key)
+        head, name_json = fixed
         extra = "" if staged is None else f',"path":{_encode_str(staged)}'
         if ident is not None:
             extra += f',"id":[{",".join(str(int(i)) for i in ident)}]'
         folders = ",".join(_encode_str(f) for f in staging) if staging else ""
-        return (f'{fixed}"rid":"{rid}","it":{"null" if iteration is None else iteration},'
+        return (f'{head}"rid":"{rid}","it":{"null" if iteration is None else iteration},'
                 f'"ts":{ts!r},"src_size":{size},"src_mtime_ns":{mtime_ns},'
                 f'"n":{size if how == "inline" else 0},"staging":[{folders}],'
-                f'"files":[{{"size":{size},"how":"{how}","rel":{fixed.name_json}{extra}}}]}}\n'
+                f'"files":[{{"size":{size},"how":"{how}","rel":{name_json}{extra}}}]}}\n'
                 ).encode()
 
-    def _fix(self, key: tuple[str, str, str]) -> _Fixed:
+    def _fix(self, key: tuple[str, str, str]) -> tuple[str, str]:
         src, name, framework = key
-        fixed = _Fixed(f'{{"t":"snap","task":{self._task_json},"src":{_encode_str(src)},'
-                       f'"name":{_encode_str(name)},"fw":{json.dumps(framework)},'
-                       f'"kind":"file",')
-        fixed.name_json = _encode_str(name)
+        fixed = (f'{{"t":"snap","task":{self._task_json},"src":{_encode_str(src)},'
+                 f'"name":{_encode_str(name)},"fw":{json.dumps(framework)},"kind":"file",',
+                 _encode_str(name))
         if len(self._fixed) >= MAX_CACHED:
             self._fixed.clear()
         self._fixed[key] = fixed
         return fixed
 
-
-class _Fixed(str):
-    """The fixed start of a line, carrying its file name's JSON too."""
-
-    name_json: str

@@ -79,11 +79,8 @@ def load_predictor(path: str, framework: str | None) -> Callable[[Any], Any]:
                 return module(torch.as_tensor(x)).numpy()
 
         return torch_predict
-    if fw in ("keras", "tensorflow") or ext in (".keras", ".h5") or os.path.isdir(path):
-        import keras
-
-        km = keras.models.load_model(path)
-        return lambda x: km.predict(x, verbose=0)
+    if fw in ("keras", "tensorflow") or ext in (".keras", ".h5", ".hdf5") or os.path.isdir(path):
+        return _keras_predictor(path)
     import joblib
 
     obj = joblib.load(path)
@@ -91,6 +88,52 @@ def load_predictor(path: str, framework: str | None) -> Callable[[Any], Any]:
         raise ValueError(f"{os.path.basename(path)} holds a {type(obj).__name__}, which has no "
                          "predict()")
     return obj.predict
+
+
+def _keras_backend() -> None:
+    """Keras 3 imports TensorFlow unless ``KERAS_BACKEND`` names another backend: where
+    TensorFlow is not installed, use the torch or JAX backend that is (a ``.keras`` file loads
+    on any backend). An explicit ``KERAS_BACKEND`` is kept."""
+    import importlib.util
+
+    if os.environ.get("KERAS_BACKEND") or "keras" in sys.modules:
+        return
+    if importlib.util.find_spec("tensorflow") is not None:
+        return
+    for backend, module in (("torch", "torch"), ("jax", "jax")):
+        if importlib.util.find_spec(module) is not None:
+            os.environ["KERAS_BACKEND"] = backend
+            return
+
+
+def _keras_predictor(path: str) -> Callable[[Any], Any]:
+    """A ``.keras`` / ``.h5`` file or a SavedModel folder. Keras 3 loads no SavedModel
+    folder: those go through ``tf.saved_model.load`` and their ``serving_default``
+    signature (the first output is the prediction)."""
+    _keras_backend()
+    saved_model = os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
+    if saved_model:
+        try:
+            import tf_keras as keras  # legacy Keras 2 loads SavedModel folders itself
+        except ImportError:
+            keras = None
+        if keras is None:
+            import tensorflow as tf
+
+            loaded = tf.saved_model.load(path)
+            fn = loaded.signatures["serving_default"]
+            (arg_name, spec), = fn.structured_input_signature[1].items()
+
+            def saved_model_predict(x: Any) -> Any:
+                out = fn(**{arg_name: tf.constant(x, dtype=spec.dtype)})
+                return next(iter(out.values())).numpy()
+
+            return saved_model_predict
+    else:
+        import keras
+
+    km = keras.models.load_model(path, compile=False)
+    return lambda x: km.predict(x, verbose=0)
 
 
 def _sha256(path: str) -> str:

@@ -240,42 +240,61 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
 # and exit), killed by its pid; clearml_hooks is first imported in the child, after the fork.
 
 ZYGOTE = textwrap.dedent("""
-    import json, os, runpy, sys, threading, traceback
+    import faulthandler, json, os, runpy, select, signal, sys, traceback
     sys.path.insert(0, sys.argv[1])
     import torch  # noqa: F401 - the point of the zygote
     torch.set_num_threads(1)
-    lock = threading.Lock()
+    # One thread only: a fork while another thread holds a lock (sys.stdout's buffer lock, when
+    # a reaper thread reported an exit) hands the child a lock nobody will release, and its
+    # first print hangs. So children are reaped by this loop, between reads of stdin.
     def say(**kw):
-        with lock:
-            sys.stdout.write(json.dumps(kw) + "\\n"); sys.stdout.flush()
-    def reap(pid, key):
-        _, status = os.waitpid(pid, 0)
-        say(exited=key, pid=pid, rc=os.waitstatus_to_exitcode(status))
-    say(ready=os.getpid())
-    for line in sys.stdin:
-        job = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            code = 0
+        os.write(1, (json.dumps(kw) + "\\n").encode())
+    def reap():
+        while True:
             try:
-                os.setsid()
-                fd = os.open(job["out"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                os.dup2(fd, 1); os.dup2(fd, 2); os.close(fd)
-                sys.stdin.close()
-                os.chdir(job["cwd"])
-                os.environ.clear(); os.environ.update(job["env"])
-                sys.argv = [job["script"]]
-                runpy.run_path(job["script"], run_name="__main__")
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush(); sys.stderr.flush()
-            # a normal interpreter exit (atexit handlers run: the agent's exit drain)
-            raise SystemExit(code)
-        say(started=job["key"], pid=pid)
-        threading.Thread(target=reap, args=(pid, job["key"]), daemon=True).start()
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            say(exited=keys.pop(pid, str(pid)), pid=pid, rc=os.waitstatus_to_exitcode(status))
+    keys = {}
+    pending = b""
+    say(ready=os.getpid())
+    while True:
+        if select.select([0], [], [], 0.02)[0]:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            pending += chunk
+        reap()
+        while b"\\n" in pending:
+            line, pending = pending.split(b"\\n", 1)
+            job = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    os.setsid()
+                    fd = os.open(job["out"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                    os.dup2(fd, 1); os.dup2(fd, 2); os.close(fd)
+                    sys.stdin.close()
+                    # a test that sees no progress sends SIGUSR1 and gets every thread's stack
+                    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+                    os.chdir(job["cwd"])
+                    os.environ.clear(); os.environ.update(job["env"])
+                    sys.argv = [job["script"]]
+                    runpy.run_path(job["script"], run_name="__main__")
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                sys.stdout.flush(); sys.stderr.flush()
+                # a normal interpreter exit (atexit handlers run: the agent's exit drain)
+                raise SystemExit(code)
+            keys[pid] = job["key"]
+            say(started=job["key"], pid=pid)
 """)
 
 
@@ -329,6 +348,16 @@ class Zygote:
         with self._cv:
             assert self._cv.wait_for(lambda: key in self._started, timeout=30)
             return key, self._started[key], out
+
+    @staticmethod
+    def stacks(pid: int, out: Path) -> str:
+        """Every thread's stack of a child that makes no progress (faulthandler, on SIGUSR1)."""
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return out.read_text() if out.exists() else ""
+        time.sleep(1.0)
+        return out.read_text() if out.exists() else ""
 
     def wait(self, key: str, timeout: float) -> int | None:
         with self._cv:

@@ -461,6 +461,11 @@ def test_kill9_during_bursts_of_small_saves_then_sync(z, tmp_path):
         while time.monotonic() < deadline and (
                 not out.exists() or out.read_text().count("saved") < 3):
             time.sleep(0.02)
+        if not out.exists() or out.read_text().count("saved") < 3:
+            stuck = z.stacks(pid, out)
+            os.kill(pid, signal.SIGKILL)
+            z.wait(key, 30)
+            pytest.fail(f"run {run} saved fewer than 3 times in 20 s; its threads:\n{stuck[-6000:]}")
         time.sleep(rng.uniform(0.0, 0.8))
         os.kill(pid, signal.SIGKILL)
         assert z.wait(key, 30) == -9, out.read_text()[-2000:]

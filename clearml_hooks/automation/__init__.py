@@ -92,18 +92,18 @@ class TriggerScheduler:
             self._store = default_store()
         return self._store.catalog
 
-    def add_model_trigger(self, schedule_function: Callable[[str], Any] | None = None,
+    def add_model_trigger(self, schedule_task_id: str | None = None,
                           schedule_queue: str | None = None,
-                          schedule_task_id: str | None = None,
-                          task_overrides: dict | None = None, name: str | None = None,
+                          schedule_function: Callable[[str], Any] | None = None,
                           trigger_project: str | None = None, trigger_name: str | None = None,
                           trigger_on_publish: bool | None = None,
                           trigger_on_tags: Sequence[str] | None = None,
                           trigger_on_archive: bool | None = None,
                           trigger_required_tags: Sequence[str] | None = None,
-                          target_project: str | None = None, add_tag: bool | str = True,
-                          single_instance: bool = False, reuse_task: bool = False,
-                          task_parameters: dict | None = None, **_: Any) -> ModelTrigger:
+                          name: str | None = None, target_project: str | None = None,
+                          add_tag: bool | str = True, single_instance: bool = False,
+                          reuse_task: bool = False, task_parameters: dict | None = None,
+                          task_overrides: dict | None = None) -> ModelTrigger:
         """Call ``schedule_function(model_id)`` for models in ``trigger_project`` whose name
         matches ``trigger_name`` (a regex), carrying every ``trigger_required_tags``, when
         published (``trigger_on_publish``), archived (``trigger_on_archive``) or given all of
@@ -113,6 +113,20 @@ class TriggerScheduler:
         if schedule_function is None or not callable(schedule_function):
             raise ValueError("add_model_trigger needs schedule_function= (a callable that "
                              "takes the model id)")
+        for what, tags in (("trigger_on_tags", trigger_on_tags),
+                           ("trigger_required_tags", trigger_required_tags)):
+            if tags is not None and (not isinstance(tags, (list, tuple))
+                                     or not all(isinstance(t, str) for t in tags)):
+                raise ValueError(f"{what} must be a list of strings: {tags!r}")
+        for what, value in (("trigger_project", trigger_project),
+                            ("trigger_name", trigger_name)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{what} must be a string: {value!r}")
+        if trigger_name:
+            try:
+                re.compile(trigger_name)
+            except re.error as exc:
+                raise ValueError(f"trigger_name is not a regular expression: {exc}") from exc
         trigger = ModelTrigger(
             name=name or f"trigger-{len(self._triggers) + 1}",
             schedule_function=schedule_function, project=trigger_project,

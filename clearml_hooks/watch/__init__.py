@@ -111,6 +111,22 @@ def _echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the command's process group, SIGKILL it after 2 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class DeliveryFailed(RuntimeError):
     pass
 
@@ -148,14 +164,21 @@ class ExecTarget:
                "CLEARML_HOOKS_TASK_ID": fields["task_id"],
                "CLEARML_HOOKS_EVENT_JSON": json.dumps(event.as_dict(), default=str)}
         try:
-            proc = subprocess.run(cmd, shell=True, env=env, timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            self.echo(f"event {event.id} {event.kind}: command timed out after "
-                      f"{self.timeout:g} s: {cmd}")
-            return
+            # its own process group: a timeout stops the shell and everything it started
+            proc = subprocess.Popen(cmd, shell=True, env=env, start_new_session=True)
         except OSError as exc:
             self.echo(f"event {event.id} {event.kind}: command could not start: {exc}")
             return
+        try:
+            proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            self.echo(f"event {event.id} {event.kind}: command timed out after "
+                      f"{self.timeout:g} s and was stopped: {cmd}")
+            return
+        except BaseException:  # the watcher is interrupted: do not leave the command behind
+            _kill_group(proc)
+            raise
         if proc.returncode != 0:
             self.echo(f"event {event.id} {event.kind}: command exited with status "
                       f"{proc.returncode}: {cmd}")

@@ -99,11 +99,14 @@ def test_serve_hot_swaps_under_load_and_keeps_old_on_failure(tmp_path, monkeypat
         for c in clients:
             c.start()
         wait_for(lambda: len(results) > 20)
-        published = time.monotonic()
         second = register(two)
-        wait_for(lambda: results and results[-1] == pytest.approx(10.0), timeout=15)
-        swap = time.monotonic() - published
-        assert swap < 4.0, swap  # the goal is 2 s; loaded CI machines get some slack
+        tagged = time.monotonic()  # the tag is committed: the change the server follows
+        wait_for(lambda: results and results[-1] == pytest.approx(10.0), timeout=15,
+                 interval=0.01)
+        swap = time.monotonic() - tagged
+        assert swap < 2.0, swap  # wake-up, download, sha256 check, load, first answer
+        loaded = server.wait_line(f"serving model {second} (reg) version 1")
+        assert float(re.search(r"loaded in ([0-9.]+) s", loaded).group(1)) < 2.0, loaded
         n_before = len(results)
         # a model that cannot load: the old one keeps serving and the server says why
         bad = register(broken)

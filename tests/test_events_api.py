@@ -158,3 +158,21 @@ def test_imported_model_and_failed_version_and_failed_task_are_events(tmp_path, 
     failed = next(e for e in ev.read_after(catalog, cursor) if e.kind == "version_failed")
     assert failed.data["version"] == 1 and "rewritten in place" in failed.data["error"]
     assert [k for k, _ in kinds if k.startswith("task_")] == ["task_started", "task_failed"]
+
+
+def test_registering_weights_by_uri_is_a_new_version_event(tmp_path, monkeypatch):
+    """update_weights(register_uri=...) points a model at new weights without storing bytes:
+    watchers of new versions (and serve) hear of it as version_ready, with the URI."""
+    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(tmp_path / "store"))
+    from clearml_hooks import OutputModel, Task
+    from clearml_hooks.models import default_store
+
+    task = Task.init(project_name="uri", task_name="t", auto_connect_frameworks=False)
+    om = OutputModel(task=task, name="remote")
+    url = om.update_weights(register_uri="s3://bucket/models/remote.pt")
+    task.close()
+    log = ev.read_after(default_store().catalog, 0)
+    ready = [e for e in log if e.kind == "version_ready"]
+    assert [(e.model_id, e.data["uri"], e.data.get("version")) for e in ready] == \
+        [(om.id, url, None)]
+    assert ready[0].data["registered_uri"] is True and ready[0].data["name"] == "remote"

@@ -550,6 +550,8 @@ def register_uri(catalog: SqlCatalog, model_id: str, uri: str, *, iteration: int
             values["comment"] = comment
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(**values))
         set_package(conn, model_id, is_package)
+        # new weights: a version for watchers and serve, with no stored bytes (no version number)
+        events.emit(conn, "version_ready", model_id=model_id, uri=uri, registered_uri=True)
 
 
 # -- removing -----------------------------------------------------------------------------------

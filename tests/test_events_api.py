@@ -176,3 +176,47 @@ def test_registering_weights_by_uri_is_a_new_version_event(tmp_path, monkeypatch
     assert [(e.model_id, e.data["uri"], e.data.get("version")) for e in ready] == \
         [(om.id, url, None)]
     assert ready[0].data["registered_uri"] is True and ready[0].data["name"] == "remote"
+
+
+def test_postgres_waiter_survives_a_dropped_listen_connection(pg_server, tmp_path, caplog):
+    """The LISTEN connection is killed server-side: the waiter says so, polls (so no event
+    waits), and LISTENs again on a new connection, which NOTIFY wakes as before."""
+    import uuid
+
+    import psycopg
+
+    name = "ew" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_server.url.rsplit("/", 1)[0] + "/" + name
+    catalog, writer = SqlCatalog(url), SqlCatalog(url)
+    waiter = ev.Waiter(catalog, poll=0.05)
+    try:
+        waiter.wait(0.1)  # connects and LISTENs
+        first = waiter._listen
+        assert first is not None
+        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first.info.backend_pid,))
+        cursor = ev.last_id(catalog)
+        threading.Timer(0.3, model_ops.create_model, (writer,),
+                        {"name": "a", "project": "p"}).start()
+        started = time.monotonic()
+        while ev.last_id(catalog) <= cursor:  # as consumers do: wait, read, wait again
+            waiter.wait(20.0, after=cursor)  # the lost connection is seen; polling goes on
+            assert time.monotonic() - started < 2.0
+        assert "LISTEN connection lost" in caplog.text
+        waiter.wait(0.1)  # LISTENs again
+        assert waiter._listen is not None and waiter._listen is not first
+        cursor = ev.last_id(catalog)
+        threading.Timer(0.3, model_ops.create_model, (writer,),
+                        {"name": "b", "project": "p"}).start()
+        started = time.monotonic()
+        waiter.wait(20.0)  # no `after`: only a NOTIFY ends this wait early
+        assert time.monotonic() - started < 2.0
+        wait_for(lambda: ev.last_id(catalog) > cursor, timeout=5)
+    finally:
+        waiter.close()
+        writer.close()
+        catalog.close()
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -298,9 +298,7 @@ class Waiter:
                 if self._listen is None:
                     self._listen = self._connect()
                     return  # events may have come while we were not listening
-                remaining = max(0.0, deadline - time.monotonic())
-                for _ in self._listen.notifies(timeout=remaining, stop_after=1):
-                    break
+                self._wait_notify(max(0.0, deadline - time.monotonic()))
                 return
             except Exception as exc:  # server gone: poll until it is back
                 log.warning("clearml-hooks: event LISTEN connection lost (%s); polling", exc)
@@ -312,6 +310,23 @@ class Waiter:
             if remaining <= 0:
                 return
             self._stop.wait(min(self.poll, remaining))
+
+    def _wait_notify(self, timeout: float) -> None:
+        """Block until a NOTIFY arrives or ``timeout`` passes. Works on every psycopg 3
+        (``notifies(timeout=...)`` is 3.2+): wait for the socket to be readable, then let
+        psycopg read what came (notifications, or the error of a closed connection)."""
+        import select
+
+        conn = self._listen
+        if conn.pgconn.notifies() is not None:  # already read with an earlier result
+            return
+        readable, _, _ = select.select([conn.fileno()], [], [], timeout)
+        if readable:
+            conn.pgconn.consume_input()  # raises when the server closed the connection
+            while conn.pgconn.notifies() is not None:
+                pass
+            if conn.pgconn.status != 0:  # psycopg.pq.ConnStatus.OK
+                raise ConnectionError("the LISTEN connection is closed")
 
     def stop(self) -> None:
         self._stop.set()

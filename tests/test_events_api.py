@@ -220,3 +220,36 @@ def test_postgres_waiter_survives_a_dropped_listen_connection(pg_server, tmp_pat
         catalog.close()
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_trigger_scheduler_consumer_resumes_where_it_stopped(store):
+    """TriggerScheduler(consumer=...) keeps a durable cursor as watch does: a scheduler started
+    again calls back once for each change made while it was stopped, and none twice."""
+    from clearml_hooks.automation import TriggerScheduler
+
+    catalog = store.catalog
+    model_ops.publish(catalog, model_ops.create_model(catalog, name="old", project="p"))
+    calls: list[str] = []
+
+    def run_until(n: int) -> None:
+        sched = TriggerScheduler(pooling_frequency_minutes=0.01, store=store, consumer="deploy")
+        sched.add_model_trigger(schedule_function=calls.append, trigger_on_publish=True)
+        thread = threading.Thread(target=sched.start, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: len(calls) >= n, timeout=10)
+            time.sleep(0.4)  # nothing more comes
+        finally:
+            sched.stop()
+            thread.join(timeout=5)
+
+    run_until(0)  # a new consumer starts at the end: "old" is not called back
+    a = model_ops.create_model(catalog, name="a", project="p")
+    b = model_ops.create_model(catalog, name="b", project="p")
+    model_ops.publish(catalog, a)
+    model_ops.publish(catalog, b)  # both while no scheduler runs
+    run_until(2)
+    assert calls == [a, b]
+    run_until(2)  # started again with nothing new: nothing is called twice
+    assert calls == [a, b]
+    assert ev.get_cursor(catalog, "deploy") == ev.last_id(catalog)

@@ -194,6 +194,33 @@ def test_keras(server, monkeypatch, tmp_path):
     _serve_and_check(server, monkeypatch, path, "Keras", expected)
 
 
+def test_a_new_version_of_the_served_model_is_served(server, monkeypatch, tmp_path):
+    """The served model gets a new version (same model, new snapshot): the server swaps to it."""
+    pytest.importorskip("sklearn")
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    x, y = _xy()
+    one, two = tmp_path / "v1.joblib", tmp_path / "v2.joblib"
+    joblib.dump(LinearRegression().fit(x, y), one)
+    second = LinearRegression().fit(x, 3 * y)
+    joblib.dump(second, two)
+    model_id = _register(server, monkeypatch, one, "ScikitLearn")
+    wait_for(lambda: _get(server["url"])[1]["parameters"]["model_id"] == model_id, timeout=60)
+    from clearml_hooks import OutputModel, Task
+
+    task = Task.init(project_name="srv", task_name="train", auto_connect_frameworks=False)
+    try:
+        OutputModel(task=task, base_model_id=model_id).update_weights(str(two), async_enable=False)
+    finally:
+        task.close()
+    wait_for(lambda: _get(server["url"])[1]["versions"] == ["2"], timeout=30)
+    out = _infer(server["url"], X)
+    assert out["model_version"] == "2" and out["parameters"]["model_id"] == model_id
+    assert np.allclose(out["outputs"][0]["data"],
+                       second.predict(np.asarray(X, dtype=np.float32)), rtol=1e-4)
+
+
 def test_tampered_blob_is_refused_and_the_old_model_kept(server, monkeypatch, tmp_path):
     """The bytes served are the bytes the catalog recorded: a blob changed in the store after
     it was registered fails its sha256 check, and the server keeps the model it has."""

@@ -170,3 +170,41 @@ def test_webhook_retries_back_off_exponentially(catalog):
     for i, gap in enumerate(gaps):  # 0.25, 0.5, 1.0 s
         assert 0.25 * 2 ** i * 0.9 <= gap < 0.25 * 2 ** i + 0.75, gaps
     assert ev.dead_letters(catalog) == []
+
+
+def test_watcher_outlives_a_postgres_outage(pg_server, tmp_path):
+    """The watcher's database refuses connections for a while (its connections are killed):
+    the watcher logs it, waits, and delivers the next event once the database is back."""
+    import uuid
+
+    import psycopg
+
+    name = "wo" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_server.url.rsplit("/", 1)[0] + "/" + name
+    writer = SqlCatalog(url)
+    out = tmp_path / "out.txt"
+    w = Proc("watch", "--on", "publish", "--consumer", "c", "--exec",
+             f"echo {{model_id}} >> {out}",
+             env={"CLEARML_HOOKS_CATALOG_URL": url, "CLEARML_HOOKS_HOME": str(tmp_path / "h")})
+    try:
+        w.wait_line("clearml-hooks watch as consumer 'c'", timeout=60)
+        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (name,))
+            w.wait_line("cannot read the event log", timeout=20)
+            time.sleep(1.0)  # a few failed tries
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        writer.engine.dispose()  # its pooled connections were killed too
+        mid = model_ops.create_model(writer, name="m", project="p")
+        model_ops.publish(writer, mid)
+        wait_for(lambda: out.exists() and out.read_text().split() == [mid], timeout=30)
+        assert w.proc.poll() is None
+        assert any("read the event log works again" in ln for ln in w.lines), w.lines
+    finally:
+        w.stop()
+        writer.close()
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -161,12 +161,15 @@ class TriggerScheduler:
         self._stop.clear()
         try:
             while not self._stop.is_set():
-                batch = ev.read_after(catalog, self._cursor)
+                batch = ev.retrying("read the event log", lambda: ev.read_after(
+                    catalog, self._cursor), self._stop) or []
                 for event in batch:
                     self._fire(event)
                     self._cursor = event.id
                     if self._consumer:
-                        ev.set_cursor(catalog, self._consumer, event.id)
+                        ev.retrying(f"store the cursor of consumer {self._consumer!r}",
+                                    lambda cursor=event.id: ev.set_cursor(
+                                        catalog, self._consumer, cursor), self._stop)
                 if len(batch) < 500:
                     waiter.wait(max_wait, after=self._cursor)
         finally:

@@ -256,7 +256,8 @@ class Follower:
         waiter = ev.Waiter(catalog, poll=self.poll, stop=self._stop)
         try:
             while not self._stop.is_set():
-                batch = ev.read_after(catalog, self._cursor)
+                batch = ev.retrying("read the event log", lambda: ev.read_after(
+                    catalog, self._cursor), self._stop) or []
                 if batch:
                     self._cursor = batch[-1].id
                     if any(self._relevant(e) for e in batch):

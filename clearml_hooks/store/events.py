@@ -205,6 +205,31 @@ def read_after(catalog: SqlCatalog, cursor: int, limit: int = 500,
         return [_event(r) for r in conn.execute(q)]
 
 
+def retrying(what: str, fn: Any, stop: threading.Event, *, first_delay: float = 0.5,
+             max_delay: float = 15.0) -> Any:
+    """``fn()``, called again while it raises (the catalog is down or restarting), waiting
+    ``first_delay``, 2x, 4x ... at most ``max_delay`` seconds. It is always tried once; after
+    a failure, None once ``stop`` is set. The first failure and the recovery are logged, so a
+    consumer survives a database restart."""
+    delay = first_delay
+    failed = 0
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            failed += 1
+            if failed == 1:
+                log.warning("clearml-hooks: cannot %s (%s: %s); retrying", what,
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            if stop.wait(delay):
+                return None
+            delay = min(delay * 2, max_delay)
+            continue
+        if failed:
+            log.warning("clearml-hooks: %s works again (after %d failed tries)", what, failed)
+        return result
+
+
 def get_cursor(catalog: SqlCatalog, consumer: str) -> int | None:
     with catalog.read() as conn:
         value = conn.execute(select(s.event_consumers.c.cursor).where(
@@ -304,7 +329,10 @@ class Waiter:
                 log.warning("clearml-hooks: event LISTEN connection lost (%s); polling", exc)
                 self.close()
         while not self._stop.is_set():
-            if after is not None and last_id(self.catalog) > after:
+            try:
+                if after is not None and last_id(self.catalog) > after:
+                    return
+            except Exception:  # the catalog is down: the caller's read says so and waits
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -346,7 +374,8 @@ def follow(catalog: SqlCatalog, cursor: int, *, stop: threading.Event,
     waiter = Waiter(catalog, poll=poll, stop=stop)
     try:
         while not stop.is_set():
-            events = read_after(catalog, cursor, limit=batch)
+            events = retrying("read the event log", lambda c=cursor: read_after(
+                catalog, c, limit=batch), stop) or []
             for event in events:
                 yield event
                 cursor = event.id

@@ -266,7 +266,9 @@ class Watcher:
 
     def _save(self, cursor: int) -> None:
         if self.consumer:
-            ev.set_cursor(self.catalog, self.consumer, cursor)
+            ev.retrying(f"store the cursor of consumer {self.consumer!r}",
+                        lambda: ev.set_cursor(self.catalog, self.consumer, cursor),
+                        self.stop_event)
 
     def run(self) -> None:
         """Block until ``stop()``; the cursor is stored after every delivered event."""
@@ -274,7 +276,8 @@ class Watcher:
         saved = self.cursor
         try:
             while not self.stop_event.is_set():
-                batch = ev.read_after(self.catalog, self.cursor)
+                batch = ev.retrying("read the event log", lambda: ev.read_after(
+                    self.catalog, self.cursor), self.stop_event) or []
                 for event in batch:
                     if self.stop_event.is_set():
                         break

@@ -53,8 +53,8 @@ def _infer(url: str, rows: list[list[float]]) -> dict:
 def server(tmp_path_factory):
     """One serve process for the module, following tag "prod" of srv/reg in its own store."""
     home = tmp_path_factory.mktemp("flavours") / "store"
-    env = {"CLEARML_HOOKS_HOME": str(home)}
-    env.pop("KERAS_BACKEND", None)  # the server picks an installed Keras backend itself
+    # no KERAS_BACKEND: the server picks an installed Keras backend itself
+    env = {"CLEARML_HOOKS_HOME": str(home), "KERAS_BACKEND": ""}
     proc = Proc("serve", "--project", "srv", "--name", "reg", "--tag", "prod",
                 "--endpoint", "m", "--port", "0", env=env)
     try:

@@ -168,5 +168,15 @@ def test_follower_serves_the_newest_published_model(tmp_path, monkeypatch):
         assert follower.current.predict(np.array([[2.0]]))[0] == pytest.approx(6.0)
         assert follower.refresh() is False  # unchanged: nothing reloaded
         assert len(follower.swaps) == 2 and all("serving model" in ln for ln in lines)
+        # the served model is archived: the newest other match is served again
+        Model(ids[1]).archive()
+        assert follower.refresh() is True and follower.current.model_id == ids[0]
+        # nothing matches any more: the last model keeps serving, and the server says so once
+        Model(ids[0]).archive()
+        assert follower.refresh() is False and follower.refresh() is False
+        assert follower.current.model_id == ids[0]
+        assert [ln for ln in lines if "no model matches" in ln] == [
+            f"clearml-hooks serve: no model matches {follower.describe()} any more; still "
+            f"serving model {ids[0]} version 1"]
     finally:
         task.close()

@@ -172,6 +172,7 @@ class Follower:
         self.last_error: str | None = None
         self.swaps: list[dict[str, Any]] = []
         self._failed: set[tuple[str, str | None]] = set()
+        self._unmatched = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -220,7 +221,13 @@ class Follower:
         started = time.monotonic()
         row = self.candidate()
         if row is None:
+            cur = self.current
+            if cur is not None and not self._unmatched:  # untagged, archived, removed...
+                self._unmatched = True
+                self.echo(f"clearml-hooks serve: no model matches {self.describe()} any more; "
+                          f"still serving model {cur.model_id} version {cur.version}")
             return False
+        self._unmatched = False
         key = (row["id"], row["latest_snapshot_id"])
         cur = self.current
         if cur is not None and (cur.model_id, cur.snapshot_id) == key:

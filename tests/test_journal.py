@@ -157,3 +157,31 @@ def test_capture_stats_count_this_tasks_agent_errors_only(tmp_path, monkeypatch)
     second = Task.init(project_name="p", task_name="two", output_uri=str(tmp_path / "s2"))
     assert second.capture_stats["agent_errors"] == 0
     second.close()
+
+
+def test_free_space_seen_recently_never_decides_a_refusal_or_a_copy(tmp_path):
+    """A link may trust a statvfs under a second old that showed room (it takes no data
+    blocks); a refusal, and a copy, always look again: a reserve raised past the free space
+    refuses at once, even right after a save that found room."""
+    from clearml_hooks.store import staging
+
+    src = tmp_path / "model.pt"
+    src.write_bytes(os.urandom(200_000))
+    folder = tmp_path / "staging"
+    folder.mkdir()
+
+    def stage(name: str, *, min_free: int, force_copy: bool = False):
+        return staging.stage_file(str(src), lambda st: str(folder / name), inline_max=1024,
+                                  force_copy=force_copy, min_free=min_free)
+
+    entry, _ = stage("a", min_free=0)
+    assert entry["how"] in ("link", "reflink")
+    free = staging.free_bytes(str(folder))
+    assert free is not None
+    for force_copy in (False, True):
+        with pytest.raises(staging.NotStaged, match="staging_min_free"):
+            stage(f"b{force_copy}", min_free=free + (1 << 30), force_copy=force_copy)
+        assert not (folder / f"b{force_copy}").exists()
+    entry, _ = stage("c", min_free=0, force_copy=True)
+    assert entry["how"] in ("copy", "reflink")
+    assert (folder / "c").read_bytes() == src.read_bytes()

@@ -23,6 +23,7 @@ import errno
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +108,30 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+FREE_SPACE_TTL = 1.0  # seconds a folder's free space is trusted, while it shows room
+_free_seen: dict[str, tuple[float, int]] = {}  # folder -> (monotonic time, free bytes then)
+
+
+def _room(folder: str, need: int, *, fresh: bool) -> int | None:
+    """Free bytes on ``folder``'s filesystem, when fewer than ``need``; None when there is room.
+
+    ``fresh=False`` (a link or reflink is tried first, and takes no data blocks) may answer
+    from a statvfs of the same folder up to FREE_SPACE_TTL old that showed room: in a cold
+    training thread statvfs costs tens of microseconds per save. A refusal, and every copy, is
+    decided on a fresh figure."""
+    if not fresh:
+        seen = _free_seen.get(folder)
+        if seen is not None and seen[1] >= need and time.monotonic() - seen[0] < FREE_SPACE_TTL:
+            return None
+    free = free_bytes(folder)
+    if free is None:
+        return None
+    if len(_free_seen) >= 64:  # hidden folders beside users' files are new per snapshot
+        _free_seen.clear()
+    _free_seen[folder] = (time.monotonic(), free)
+    return free if free < need else None
+
+
 def open_regular(src: str) -> tuple[int, os.stat_result]:
     """Open a saved file for staging: (fd, its stat). NotStaged when it is not a regular file
     (a FIFO or device: opened non-blocking, so it never blocks us) or cannot be opened (gone
@@ -152,11 +177,8 @@ def stage_file(src: str, place: Callable[[os.stat_result], str], *, inline_max: 
             return {"size": st.st_size, "how": "inline", "mtime_ns": st.st_mtime_ns}, \
                 read_inline(src, fd, st)
         staged = place(st)
-        free = free_bytes(os.path.dirname(staged) or ".")
-        if free is not None and free < st.st_size + min_free:
-            raise NotStaged(f"only {free >> 20} MiB free on the filesystem of "
-                            f"{os.path.dirname(staged)}, {st.st_size >> 20} MiB needed plus a "
-                            f"reserve of {min_free >> 20} MiB (setting staging_min_free)")
+        folder = os.path.dirname(staged) or "."
+        _check_room(folder, st, min_free, fresh=force_copy)
         entry: dict[str, Any] = {"size": st.st_size, "path": staged, "mtime_ns": st.st_mtime_ns}
         if _reflink(fd, staged, st.st_dev):
             entry["how"] = "reflink"
@@ -164,6 +186,8 @@ def stage_file(src: str, place: Callable[[os.stat_result], str], *, inline_max: 
             entry["how"] = "link"
             entry["id"] = identity(st)
         else:
+            if not force_copy:
+                _check_room(folder, st, min_free, fresh=True)
             copy_private(fd, staged)
             entry["how"] = "copy"
         return entry, b""
@@ -171,11 +195,20 @@ def stage_file(src: str, place: Callable[[os.stat_result], str], *, inline_max: 
         os.close(fd)
 
 
+def _check_room(folder: str, st: os.stat_result, min_free: int, *, fresh: bool) -> None:
+    free = _room(folder, st.st_size + min_free, fresh=fresh)
+    if free is not None:
+        raise NotStaged(f"only {free >> 20} MiB free on the filesystem of {folder}, "
+                        f"{st.st_size >> 20} MiB needed plus a reserve of {min_free >> 20} MiB "
+                        f"(setting staging_min_free)")
+
+
 def _try_link(src: str, staged: str, st: os.stat_result) -> bool:
     try:
         os.link(src, staged)
     except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES,
+                         errno.ENOSPC, errno.EDQUOT):  # a copy is tried, after a fresh check
             return False
         raise
     try:

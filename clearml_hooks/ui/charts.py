@@ -69,7 +69,9 @@ def _clean(ys: Iterable[float]) -> list[float | None]:
 def _layout(title: str) -> dict:
     return {"title": {"text": escape_text(title)}, "xaxis": {"title": {"text": "iteration"}},
             "hovermode": "x unified", "margin": {"t": 40, "l": 50, "r": 10, "b": 40},
-            "legend": {"orientation": "h"}, "height": 320}
+            "legend": {"orientation": "h"}, "showlegend": True, "height": 320}
+    # showlegend: plotly hides the legend of a one-trace chart, which would leave its series
+    # name nowhere on the page
 
 
 def scalar_figures(scalars: Mapping[str, Mapping[str, Mapping[str, list]]]) -> list[dict]:

@@ -37,6 +37,8 @@ def test_changes_append_events_in_their_transaction(catalog):
     model_ops.edit_tags(catalog, a, add=["prod"])  # no change: no event
     model_ops.set_metadata(catalog, a, {"k": ("1", "int")}, replace=False)
     model_ops.update_fields(catalog, a, name="beta")
+    model_ops.set_project(catalog, a, "p2")
+    model_ops.set_project(catalog, a, "p2")  # same project: no event
     model_ops.publish(catalog, a)
     model_ops.publish(catalog, a)  # already published: no event
     model_ops.set_archived(catalog, a, True)
@@ -46,12 +48,13 @@ def test_changes_append_events_in_their_transaction(catalog):
         model_ops.publish(catalog, a)
     log = ev.read_after(catalog, 0)
     assert [e.kind for e in log] == ["registered", "tags_changed", "metadata_changed",
-                                     "renamed", "published", "archived", "unarchived",
-                                     "removed"]
+                                     "renamed", "moved", "published", "archived",
+                                     "unarchived", "removed"]
     assert [e.id for e in log] == sorted(e.id for e in log)
     assert log[0].data["tags"] == ["x"] and log[0].data["project"] == "p"
     assert log[1].data["added"] == ["prod"] and log[1].data["removed"] == ["x"]
     assert log[3].data["old_name"] == "alpha" and log[3].data["name"] == "beta"
+    assert log[4].data["old_project"] == "p" and log[4].data["project"] == "p2"
     assert log[-1].data["name"] == "beta"  # the removed model's fields, from before
     # a transaction that fails after emitting leaves no event
     b = _model(catalog, "gamma")

@@ -256,7 +256,8 @@ class Follower:
     def _relevant(self, event: ev.Event) -> bool:
         if event.model_id is None:
             return False
-        return self.project is None or event.data.get("project") == self.project
+        return self.project is None or self.project in (event.data.get("project"),
+                                                        event.data.get("old_project"))
 
     def run(self) -> None:
         catalog = self.store.catalog

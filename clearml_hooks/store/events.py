@@ -52,6 +52,7 @@ KINDS = (
     "tags_changed",      # (added, removed)
     "metadata_changed",  # (keys)
     "renamed",           # (old_name)
+    "moved",             # to another project (old_project)
     "removed",
     "task_started",      # (task_name, project)
     "task_completed",    # (status); also task_failed, task_stopped, task_status

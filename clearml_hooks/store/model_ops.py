@@ -97,10 +97,14 @@ def update_fields(catalog: SqlCatalog, model_id: str, *, check_published: bool =
 
 def set_project(catalog: SqlCatalog, model_id: str, project: str) -> None:
     with catalog.write() as conn:
-        _require(conn, model_id)
+        row = _require(conn, model_id)
         project_id = catalog.ensure_project(conn, project)
         conn.execute(update(s.models).where(s.models.c.id == model_id).values(
             project_id=project_id, updated=now()))
+        if row["project_id"] != project_id:
+            old = conn.execute(select(s.projects.c.name).where(
+                s.projects.c.id == row["project_id"])).scalar()
+            events.emit(conn, "moved", model_id=model_id, old_project=old)
 
 
 # -- tags ---------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ ON_ALIASES = {"publish": "published", "archive": "archived", "unarchive": "unarc
               "new-version": "version_ready", "version": "version_ready",
               "version-failed": "version_failed", "register": "registered",
               "new-model": "registered", "metadata": "metadata_changed", "rename": "renamed",
-              "remove": "removed", "task-started": "task_started",
+              "remove": "removed", "move": "moved", "task-started": "task_started",
               "task-completed": "task_completed"}
 
 

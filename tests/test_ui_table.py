@@ -180,3 +180,54 @@ def test_chart_series_rolls_long_series_up(catalog):
     assert series["loss"]["short"] == {"name": "short", "x": [5], "y": [1.0]}
     few = model_metrics.chart_series(catalog, mid, max_points=2)["loss"]["train"]
     assert len(few["x"]) == 2 and few["x"][0] == 0
+
+
+def test_every_builtin_column_sorts_and_pages_the_same_on_both(catalog):
+    """Sorting by any built-in column, both ways: the expected order (missing values last both
+    ways, ties by id), and pages of 2 that add up to the whole list."""
+    spec = [("b", "p", "PyTorch", 3, "x", ["t2"]), ("A", "q", None, None, "", []),
+            ("a", None, "Keras", 10, "z", ["t1", "t3"]), ("c", "p", "Keras", 1, "y", ["t1"])]
+    ids = {}
+    for name, project, framework, iteration, comment, tags in spec:
+        mid = model_ops.create_model(catalog, name=name, project=project, framework=framework,
+                                     comment=comment, tags=tags)
+        if iteration is not None:
+            model_ops.update_fields(catalog, mid, iteration=iteration)
+        ids[name] = mid
+    model_ops.publish(catalog, ids["c"])
+    model_ops.set_archived(catalog, ids["A"], True)
+
+    def order(sort: str) -> list[str]:
+        full = names(catalog, sort=sort, archived=True)
+        paged = [n for off in (0, 2) for n in
+                 names(catalog, sort=sort, archived=True, limit=2, offset=off)]
+        assert paged == full, sort
+        assert sorted(full) == sorted(ids), sort
+        return full
+
+    assert order("name") == ["A", "a", "b", "c"]  # byte order (PostgreSQL too: C collation)
+    assert order("-name") == ["c", "b", "a", "A"]
+    assert order("iteration") == ["c", "b", "a", "A"] and order("-iteration")[-1] == "A"
+    assert order("-iteration")[:3] == ["a", "b", "c"]
+    by_id = lambda *n: sorted(n, key=ids.get)  # noqa: E731  (ties: by id)
+    assert order("framework") == [*by_id("a", "c"), "b", "A"]  # no framework: last
+    assert order("-framework") == ["b", *by_id("a", "c")[::-1], "A"]
+    assert order("status") == [*by_id("a", "b"), "c", "A"]  # draft, published, archived
+    assert order("-status") == ["A", "c", *by_id("a", "b")[::-1]]
+    assert order("comment") == ["A", "b", "c", "a"]
+    assert order("project") == [*by_id("b", "c"), "A", "a"]  # no project: last
+    assert order("-project") == ["A", *by_id("b", "c")[::-1], "a"]
+    for key in ("tags", "versions", "updated", "created", "task", "id"):
+        up, down = order(key), order("-" + key)
+        assert len(up) == len(down) == 4
+    assert order("id") == sorted(ids, key=ids.get) and order("-id") == order("id")[::-1]
+    # filters on built-in columns
+    assert sorted(names(catalog, where=[("iteration", ">=3")])) == ["a", "b"]
+    assert names(catalog, where=[("status", "published")]) == ["c"]
+    assert sorted(names(catalog, where=[("status", "!=published")], archived=True)) == \
+        ["A", "a", "b"]
+    assert sorted(names(catalog, where=[("framework", "Keras")])) == ["a", "c"]
+    assert sorted(names(catalog, where=[("framework", "!=Keras")])) == ["b"]  # A: archived
+    assert sorted(names(catalog, where=[("comment", "~Y")])) == ["c"]
+    assert sorted(names(catalog, where=[("project", "!=p")], archived=True)) == ["A", "a"]
+    assert names(catalog, where=[("id", ids["b"])]) == ["b"]

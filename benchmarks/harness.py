@@ -103,6 +103,25 @@ def save_stall(task, save: Callable[[], object], repeats: int) -> dict:
     return {"off_ms": off * 1e3, "on_ms": on * 1e3, "ratio": on / off}
 
 
+def retoggle_cost(task, save: Callable[[], object], repeats: int) -> dict:
+    """Why :func:`agent_switches` does not unpatch: a captured save right after
+    uninstrument + instrument against one without, interleaved."""
+    from clearml_hooks.hooks.registry import registry
+
+    reg = registry()
+    selection, sink = reg.selection, reg.sink
+
+    def retoggle() -> None:
+        reg.uninstrument()
+        reg.instrument(selection, sink)
+
+    s = interleaved({"on": lambda: None, "retoggled": retoggle}, lambda: timed(save), repeats,
+                    after=lambda: task.flush(wait_for_uploads=True))
+    on, retoggled = statistics.median(s["on"]), statistics.median(s["retoggled"])
+    return {"on_ms": on * 1e3, "retoggled_ms": retoggled * 1e3,
+            "added_us": (retoggled - on) * 1e6}
+
+
 def hook_cost(key: str, qualname: str, args: tuple, kwargs: dict, instance=None,
               calls: int = 20000) -> float:
     """Microseconds the installed hook adds to one call, around a no-op instead of the framework."""
@@ -145,6 +164,8 @@ def main(key: str, setup: Callable[[str], dict]) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--retoggle", action="store_true",
+                        help="also time a captured save right after unpatching and patching again")
     args = parser.parse_args()
 
     from clearml_hooks import Task
@@ -158,6 +179,8 @@ def main(key: str, setup: Callable[[str], dict]) -> None:
         results = {"version": fw["version"],
                    "save": save_stall(task, fw["save"], args.repeats)}
         results["save"]["model_mb"] = os.path.getsize(fw["path"]) / 1e6
+        if args.retoggle:
+            results["retoggle"] = retoggle_cost(task, fw["save"], args.repeats)
         task.close()
 
         for mode, frameworks in (("captured", True), ("filtered", {key: "final*"})):
@@ -171,6 +194,11 @@ def main(key: str, setup: Callable[[str], dict]) -> None:
     s = results["save"]
     print(f"{fw['version']}: {fw['save_label']} of a {s['model_mb']:.1f} MB model: "
           f"{s['off_ms']:.1f} ms off, {s['on_ms']:.1f} ms captured, stall ratio {s['ratio']:.2f}")
+    if "retoggle" in results:
+        r = results["retoggle"]
+        print(f"captured {fw['save_label']} right after uninstrument + instrument: "
+              f"{r['retoggled_ms']:.1f} ms against {r['on_ms']:.1f} ms "
+              f"({r['added_us']:+.0f} us)")
     for mode in ("captured", "filtered"):
         r = results[f"load_{mode}"]
         print(f"{fw['load_label']} {mode}: agent {r['agent_us']:.1f} us per call "

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from clearml_hooks.models import Model
-from clearml_hooks.store.model_ops import METADATA_TYPES
+from clearml_hooks.store.model_ops import METADATA_TYPES, cast_metadata
 
 if TYPE_CHECKING:
     from clearml_hooks.store import Store
@@ -27,6 +27,17 @@ def _tags(text: str) -> list[str]:
     if not tags:
         raise ActionError("give at least one tag (comma separated)")
     return tags
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "list": list, "tuple": tuple, "dict": dict}
+
+
+def _check_typed(value: str, v_type: str) -> None:
+    """A typed value typed in a form must read back as its type: the SDK stores what it is
+    given (``get_metadata_casted`` then returns the bare string), so a typo would be kept."""
+    expected = _TYPES.get(v_type)
+    if expected is not None and not isinstance(cast_metadata(value, v_type), expected):
+        raise ActionError(f"{value!r} is not a {v_type}")
 
 
 def apply(store: Store, model_id: str, action: str, form: Mapping[str, str]) -> str:
@@ -55,7 +66,9 @@ def apply(store: Store, model_id: str, action: str, form: Mapping[str, str]) -> 
             raise ActionError("a metadata key cannot be empty")
         if v_type not in METADATA_TYPES:
             raise ActionError(f"type must be one of {', '.join(METADATA_TYPES)}")
-        model.set_metadata(key, form.get("value", ""), v_type)
+        value = form.get("value", "")
+        _check_typed(value, v_type)
+        model.set_metadata(key, value, v_type)
     elif action == "delete_metadata":
         key = form.get("key", "")
         rest = {k: e for k, e in model.get_all_metadata().items() if k != key}

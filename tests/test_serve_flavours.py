@@ -194,6 +194,27 @@ def test_keras(server, monkeypatch, tmp_path):
     _serve_and_check(server, monkeypatch, path, "Keras", expected)
 
 
+def test_tensorflow_saved_model_folder(server, monkeypatch, tmp_path):
+    """A SavedModel folder (a package version): Keras 3 cannot load one, so the server calls
+    its serving_default signature through TensorFlow."""
+    tf = pytest.importorskip("tensorflow")
+
+    class Affine(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable([[1.5], [-2.0]])
+            self.b = tf.Variable([0.25])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+        def __call__(self, x):
+            return {"y": tf.matmul(x, self.w) + self.b}
+
+    module = Affine()
+    folder = tmp_path / "saved"
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.__call__})
+    expected = module(tf.constant(X, dtype=tf.float32))["y"].numpy()
+    _serve_and_check(server, monkeypatch, folder, "TensorFlow", expected)
+
+
 def test_a_new_version_of_the_served_model_is_served(server, monkeypatch, tmp_path):
     """The served model gets a new version (same model, new snapshot): the server swaps to it."""
     pytest.importorskip("sklearn")

@@ -148,6 +148,11 @@ def test_compare_ten_models(server, page, reg):
     traces = page.evaluate("() => document.getElementById('compare-1').data.map(t => t.name)")
     assert len(traces) == 10 and all(t.endswith(": val") for t in traces)
     assert [t.split(" (")[0] for t in traces] == [f"m{i}" for i in range(10)]
+    # hovering shows the values of every model at that iteration
+    page.hover("#compare-1 .nsewdrag")
+    page.wait_for_selector("#compare-1 .hoverlayer .legend")
+    hover = page.text_content("#compare-1 .hoverlayer")
+    assert all(f"m{i} (" in hover for i in range(10)) and "0.5" in hover, hover
     # every property row has one cell per model; differences are highlighted, equal rows not
     cells = page.eval_on_selector_all("#compare-props tbody tr", """rows => Object.fromEntries(
         rows.map(r => [r.querySelector('th').textContent,

@@ -350,8 +350,9 @@ def test_cli_off_loopback_prints_and_requires_its_token(reg):
         assert fetch(base, headers={"Authorization": "Bearer " + token[:-1]})[0] == 401
         status, _, body = fetch(base, headers={"Authorization": "Bearer " + token})
         assert status == 200 and "parent" in body
-        status, headers, _ = fetch(base + "?token=" + token)  # once: becomes a cookie
-        assert status == 303 and "HttpOnly" in headers["set-cookie"]
+        status, headers, _ = fetch(base + "?tag=ten&token=" + token + "&sort=name")
+        assert status == 303 and "HttpOnly" in headers["set-cookie"]  # once: becomes a cookie
+        assert headers["location"] == "/?tag=ten&sort=name"  # the rest of the link is kept
         cookie = headers["set-cookie"].split(";")[0]
         assert fetch(base + "tasks", headers={"Cookie": cookie})[0] == 200
         # off loopback any Host is answered (the token is the shield), a POST still needs Origin

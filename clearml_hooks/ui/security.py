@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; form-action 'self'; "
@@ -88,10 +88,13 @@ class SecurityMiddleware:
         if refusal is not None:
             await _refuse(send, path, *refusal)
             return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if self.guard.token and query.get("token") and scope["method"] == "GET":
             # the token came in the URL once: keep it in a cookie, drop it from the address bar
-            await _redirect_with_cookie(send, path, self.guard.token)
+            rest = urlencode([(k, v) for k, vs in query.items() if k != "token" for v in vs])
+            # one leading slash: "//host" would be a redirect to another site
+            location = "/" + quote(path.lstrip("/"), safe="/") + ("?" + rest if rest else "")
+            await _redirect_with_cookie(send, location, self.guard.token)
             return
 
         async def send_with_headers(message: dict) -> None:
@@ -154,9 +157,9 @@ async def _refuse(send: Send, path: str, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _redirect_with_cookie(send: Send, path: str, token: str) -> None:
+async def _redirect_with_cookie(send: Send, location: str, token: str) -> None:
     cookie = f"{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
     await send({"type": "http.response.start", "status": 303, "headers": [
-        (b"location", (path or "/").encode("latin-1", "replace")),
+        (b"location", location.encode("ascii")),
         (b"set-cookie", cookie.encode()), (b"content-length", b"0")]})
     await send({"type": "http.response.body", "body": b""})

@@ -220,6 +220,12 @@ def test_model_page_draws_scalars_and_plots(server, page, registry):
     for section in ("General", "Network", "Labels", "Metadata", "Lineage", "Versions",
                     "Scalars", "Plots"):
         assert page.locator(f"section h2:text-is('{section}')").count() == 1
+    assert json.loads(page.text_content("#network pre")) == {"lr": "<0.1>"}  # the design
+    labels = page.eval_on_selector_all("#labels tbody tr", "rs => rs.map(r => r.innerText)")
+    assert labels == ["<cat>\t1", "dog\t2"]
+    rows = page.eval_on_selector_all("#metadata tbody tr", "rs => rs.map(r => [...r.cells]"
+                                     ".slice(0, 3).map(c => c.textContent))")
+    assert rows == [["dataset", "v2", "str"], ["lr", "0.1", "float"]]
 
 
 def test_model_page_versions_and_lineage(server, page, registry):
@@ -366,6 +372,11 @@ def test_read_only_server_refuses_edits(registry):
     with make_server(registry["store"], port=0, read_only=True).start() as srv:
         _, _, html = fetch(srv.url + f"models/{registry['ids']['alpha']}")
         assert "Publish" not in html and "Rename" not in html
+        _, _, html = fetch(srv.url)
+        assert 'value="publish"' not in html and 'value="add_tags"' not in html  # no batch
+        status, _, _ = fetch(srv.url + "actions/batch", data=b"action=publish",
+                             headers={"Origin": srv.url.rstrip("/")})
+        assert status == 403
         status, _, _ = fetch(srv.url + f"models/{registry['ids']['alpha']}/actions/publish",
                              data=b"csrf=x", headers={"Origin": srv.url.rstrip("/")})
         assert status == 403

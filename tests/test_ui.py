@@ -446,6 +446,11 @@ def test_json_api(server, registry):
         got, headers, body = fetch(server.url + path)
         assert got == status and headers["content-type"] == "application/json", path
         assert json.loads(body)["status"] == status
+    own = {"Origin": server.url.rstrip("/")}
+    for method in ("POST", "DELETE", "PUT"):  # the API is read-only: JSON errors here too
+        got, headers, body = fetch(server.url + "api/v1/models", data=b"", headers=own,
+                                   method=method)
+        assert got == 405 and json.loads(body)["status"] == 405, method
     assert "endpoints" in json.loads(fetch(server.url + "api/v1")[2])
 
 

@@ -78,6 +78,12 @@ def reg(tmp_path_factory):
     store = consumer.store
     consumer.flush(wait_for_uploads=True)
     consumer.close()
+    # a task that loaded version 1 (as a captured torch.load of that file records it)
+    evaluator = Task.init(project_name="serving", task_name="evaluator", output_uri=str(store_dir))
+    evaluator.wait_registered()
+    v1 = next(x["id"] for x in store.catalog.snapshots_of(ids["parent"]) if x["version"] == 1)
+    store.catalog.link_model(evaluator.id, ids["parent"], "input", snapshot_id=v1)
+    evaluator.close()
     yield {"ids": ids, "store": store, "home": store_dir}
     env.undo()
     store.catalog.close()
@@ -192,8 +198,10 @@ def test_lineage_graph_and_every_version_downloads(server, page, reg):
     assert written.locator("a").text_content() == EVIL_TASK  # a hostile task name, as text
     assert graph.locator(".node.self").text_content().startswith("parent")
     loaded = graph.locator(".node.task", has_text="loaded by")
-    assert loaded.locator("a").text_content() == "consumer"
-    assert loaded.locator("a").get_attribute("href") == f"/tasks/{ids['consumer']}"
+    assert loaded.locator("a").all_text_contents() == ["consumer", "evaluator"]
+    assert loaded.locator("a").first.get_attribute("href") == f"/tasks/{ids['consumer']}"
+    assert "version 1" in loaded.nth(1).text_content()  # which version it loaded
+    assert "version" not in loaded.nth(0).text_content()  # connected, no file read: unknown
     child = graph.locator(".node.model", has_text="child model")
     assert child.locator("a").get_attribute("href") == f"/models/{ids['child']}"
     # the graph reads left to right: inputs, the model, outputs

@@ -145,16 +145,97 @@ def test_exit_status_passes_through_and_an_existing_sitecustomize_still_runs(tmp
     assert _one_task(store)["status"] == "failed"
 
 
-def test_sigterm_passes_through_to_the_command_and_back(tmp_path):
+def test_python_dash_m_package_that_calls_task_init_and_spawns_dataloader_workers(tmp_path):
+    """``python -m pkg``: its own ``Task.init`` attaches to the run's task; its DataLoader
+    workers, started with spawn (fresh interpreters that join the task), capture nothing;
+    its stdout and stderr are exactly its own."""
+    store = tmp_path / "store"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    _script(tmp_path / "pkg" / "data.py", """
+        import torch
+        from torch.utils.data import Dataset
+
+        class Saving(Dataset):  # a worker that saves: a copy of the training process
+            def __len__(self):
+                return 2
+
+            def __getitem__(self, i):
+                torch.save({"i": i}, f"worker{i}.pt")
+                return i
+    """)
+    _script(tmp_path / "pkg" / "__main__.py", """
+        import os, sys
+        from clearml_hooks import Task
+
+        if __name__ == "__main__":
+            task = Task.init(project_name="its-own", task_name="its-own")
+            assert task.attached and task.id == os.environ["CLEARML_HOOKS_TASK_ID"], task.id
+            import torch
+            from torch.utils.data import DataLoader
+            from pkg.data import Saving
+
+            assert list(DataLoader(Saving(), num_workers=2, multiprocessing_context="spawn",
+                                   batch_size=None)) == [0, 1]
+            torch.save({"w": 1}, "model.pt")
+            print("out")
+            print("err", file=sys.stderr)
+    """)
+    out = _run(store, "--project", "run-project", "--", sys.executable, "-m", "pkg",
+               cwd=tmp_path)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "out\n", "err\n"), out.stderr
+    assert (tmp_path / "worker0.pt").exists() and (tmp_path / "worker1.pt").exists()
+    task = _one_task(store)
+    assert (task["project"], task["name"], task["status"]) == ("run-project", "pkg", "completed")
+    assert _outputs(store, task["id"]) == ["model.pt"]
+
+
+def test_accelerate_launch_two_cpu_processes_one_task_rank_zero_only(tmp_path):
+    if importlib.util.find_spec("accelerate") is None:
+        pytest.skip("accelerate is not installed")
+    store = tmp_path / "store"
+    script = _script(tmp_path / "acc.py", """
+        import torch
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=True)
+        assert accelerator.num_processes == 2, accelerator.num_processes
+        torch.save({"rank": accelerator.process_index}, f"acc{accelerator.process_index}.pt")
+        accelerator.wait_for_everyone()
+    """)
+    # on CPU, `--multi_gpu` is what starts several processes (torchrun's; the script asks for
+    # the CPU, gloo); `--cpu` alone runs one
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    launcher = [accelerate, "launch"] if accelerate else [sys.executable, "-m",
+                                                          "accelerate.commands.launch"]
+    out = _run(store, "--", *launcher, "--multi_gpu", "--num_processes", "2", "--num_machines",
+               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(_free_port()), str(script), cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "acc0.pt").exists() and (tmp_path / "acc1.pt").exists()
+    task = _one_task(store)
+    assert (task["name"], task["status"]) == ("acc", "completed")
+    assert _outputs(store, task["id"]) == ["acc0.pt"]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job inherits it ignored
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signals_pass_through_to_the_command_and_back(tmp_path, signum):
+    # SIGINT: Python's KeyboardInterrupt, then it kills itself with SIGINT; stdin is not a
+    # terminal here, so run forwards it (a terminal's Ctrl-C reaches the command directly)
     store = tmp_path / "store"
     child = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-m", "clearml_hooks", "run", "--task-name", "term",
                              "--", sys.executable, "-c", child], env=_env(store), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         child_pid = int(proc.stdout.readline())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == -signal.SIGTERM, proc.stderr.read()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == -signum, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -214,8 +295,7 @@ def test_task_init_then_torch_multiprocessing_spawn_captures_rank_zero(tmp_path)
     assert _outputs(store, task["id"]) == ["spawn0.pt"]
 
 
-def test_multiprocessing_forkserver_children_join_forked_ones_do_not(tmp_path):
-    # (the spawn start method: torch.multiprocessing.spawn above)
+def test_multiprocessing_spawn_and_forkserver_children_join_forked_ones_do_not(tmp_path):
     store = tmp_path / "store"
     script = _script(tmp_path / "mp.py", f"""
         import multiprocessing as mp
@@ -227,7 +307,7 @@ def test_multiprocessing_forkserver_children_join_forked_ones_do_not(tmp_path):
 
         if __name__ == "__main__":
             task = Task.init(project_name="p", task_name="mp", output_uri={str(store)!r})
-            for method in ("forkserver", "fork"):
+            for method in ("spawn", "forkserver", "fork"):
                 p = mp.get_context(method).Process(target=save, args=(method + ".pt",))
                 p.start()
                 p.join()
@@ -239,7 +319,7 @@ def test_multiprocessing_forkserver_children_join_forked_ones_do_not(tmp_path):
     task = _one_task(store)
     assert task["id"] == out.stdout.split()[-1]
     # a forked child is a copy of the training process (a worker): inert, as before
-    assert _outputs(store, task["id"]) == ["forkserver.pt"]
+    assert _outputs(store, task["id"]) == ["forkserver.pt", "spawn.pt"]
     assert (tmp_path / "fork.pt").exists()
 
 
@@ -285,6 +365,11 @@ def test_unknown_command_exits_127(tmp_path):
     (["torchrun", "--nproc_per_node=2", "src/ddp.py"], "ddp"),
     (["python", "-m", "pkg.train"], "pkg.train"),
     (["accelerate", "launch", "--foo"], "accelerate"),
+    (["accelerate", "launch", "--num_processes", "2", "train.py", "--x"], "train"),
+    (["python", "-m", "torch.distributed.run", "--nproc_per_node=2", "ddp.py"], "ddp"),
+    (["python", "-m", "accelerate.commands.launch", "--cpu", "t.py"], "t"),
+    (["python", "-m", "torch.distributed.run", "-m", "pkg.train"], "pkg.train"),
+    (["python", "-m", "torch.distributed.run", "--help"], "torch.distributed.run"),
 ])
 def test_default_task_name(command, name):
     assert default_task_name(command) == name

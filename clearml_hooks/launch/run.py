@@ -40,14 +40,27 @@ class CommandNotStarted(OSError):
         self.status = status
 
 
+# ``python -m LAUNCHER ... train.py``: the task is named after the script, not the launcher
+LAUNCHER_MODULES = frozenset({
+    "torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch",
+    "accelerate.commands.accelerate_cli", "deepspeed", "deepspeed.launcher.runner"})
+
+
 def default_task_name(command: Sequence[str]) -> str:
-    """``train`` for ``python train.py`` / ``torchrun ... train.py``, ``pkg.mod`` for
+    """``train`` for ``python train.py`` / ``torchrun ... train.py`` / ``accelerate launch ...
+    train.py`` (also as ``python -m torch.distributed.run ... train.py``), ``pkg.mod`` for
     ``python -m pkg.mod``, else the program's name."""
+    launcher = None
     for i, arg in enumerate(command):
         if arg == "-m" and i + 1 < len(command):
+            if launcher is None and command[i + 1] in LAUNCHER_MODULES:
+                launcher = command[i + 1]
+                continue
             return command[i + 1]
         if arg.endswith(".py") and not arg.startswith("-"):
             return os.path.splitext(os.path.basename(arg))[0]
+    if launcher is not None:
+        return launcher
     return os.path.basename(command[0]) if command else "untitled"
 
 

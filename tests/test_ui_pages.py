@@ -440,3 +440,29 @@ def test_table_over_postgresql(pg_server, tmp_path, monkeypatch):
             store.catalog.close()
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_filter_form_and_column_chooser_keep_the_view_in_the_url(server, page, reg):
+    """The filter form's free condition and the column chooser's choices end up in the URL, so
+    reloading that URL (or sharing it) gives the same view; × removes one condition."""
+    page.goto(server.url + "?tag=ten&sort=-metadata.seed&columns=name,metadata.seed")
+    page.fill('#filters input[name="where_key"]', "metadata.seed")
+    page.fill('#filters input[name="where_value"]', ">=7")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url(re.compile(r"where"))
+    assert column(page, "name") == ["m9", "m8", "m7"]
+    assert column(page, "metadata.seed") == ["9", "8", "7"]
+    shared = page.url
+    page.click("details.columns summary")
+    page.uncheck('#columns-form input.col[value="metadata.seed"]')
+    page.check('#columns-form input.col[value="metric.loss/val"]')  # offered: seen on the page
+    page.click("#columns-apply")
+    page.wait_for_url(re.compile(r"columns=name%2Cmetric\.loss%2Fval"))
+    assert column(page, "name") == ["m9", "m8", "m7"]  # the filter and the sort survive
+    assert [float(v) for v in column(page, "metric.loss/val")] == \
+        pytest.approx([1 / 12, 1 / 11, 1 / 10], rel=1e-5)
+    page.goto(shared)  # the shared link: the same rows
+    assert column(page, "name") == ["m9", "m8", "m7"]
+    page.click("p.conditions a[title=remove]")
+    page.wait_for_load_state()
+    assert len(column(page, "name")) == 10

@@ -142,14 +142,15 @@ def test_exit_status_passes_through_and_an_existing_sitecustomize_still_runs(tmp
                "import sys; sys.exit(3)", cwd=tmp_path, env=env)
     assert out.returncode == 3, out.stderr
     assert marker.exists()
-    assert _one_task(store)["status"] == "failed"
+    assert (_one_task(store)["name"], _one_task(store)["status"]) == ("exits", "failed")
 
 
 def test_python_dash_m_package_that_calls_task_init_and_spawns_dataloader_workers(tmp_path):
     """``python -m pkg``: its own ``Task.init`` attaches to the run's task; its DataLoader
     workers, started with spawn (fresh interpreters that join the task), capture nothing;
-    its stdout and stderr are exactly its own."""
-    store = tmp_path / "store"
+    its stdout and stderr are exactly its own. ``--output-uri`` (relative, made absolute for
+    the command, which changes folder before it joins) picks the store."""
+    store = tmp_path / "uri-store"
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     _script(tmp_path / "pkg" / "data.py", """
@@ -169,6 +170,8 @@ def test_python_dash_m_package_that_calls_task_init_and_spawns_dataloader_worker
         from clearml_hooks import Task
 
         if __name__ == "__main__":
+            os.mkdir("work")
+            os.chdir("work")
             task = Task.init(project_name="its-own", task_name="its-own")
             assert task.attached and task.id == os.environ["CLEARML_HOOKS_TASK_ID"], task.id
             import torch
@@ -181,10 +184,13 @@ def test_python_dash_m_package_that_calls_task_init_and_spawns_dataloader_worker
             print("out")
             print("err", file=sys.stderr)
     """)
-    out = _run(store, "--project", "run-project", "--", sys.executable, "-m", "pkg",
-               cwd=tmp_path)
+    home = tmp_path / "home-store"  # CLEARML_HOOKS_HOME: --output-uri wins over it
+    out = _run(home, "--project", "run-project", "--output-uri", "uri-store", "--",
+               sys.executable, "-m", "pkg", cwd=tmp_path)
     assert (out.returncode, out.stdout, out.stderr) == (0, "out\n", "err\n"), out.stderr
-    assert (tmp_path / "worker0.pt").exists() and (tmp_path / "worker1.pt").exists()
+    work = tmp_path / "work"
+    assert (work / "worker0.pt").exists() and (work / "worker1.pt").exists()
+    assert not home.exists() and not (work / "uri-store").exists()
     task = _one_task(store)
     assert (task["project"], task["name"], task["status"]) == ("run-project", "pkg", "completed")
     assert _outputs(store, task["id"]) == ["model.pt"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,14 @@ def team_store(pg_server, s3_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
     monkeypatch.setenv("CLEARML_HOOKS_HOME", str(tmp_path / "local"))
     return {"catalog_url": url, "bucket": bucket}
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's ``browser`` on Debian's chromium (Playwright's own browser download
+    is not reachable here; .ci/run installs chromium). A skipped browser test is a failed one."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
+    return {**browser_type_launch_args, "executable_path": executable, "headless": True,
+            "args": ["--no-sandbox"]}

@@ -110,19 +110,6 @@ def server(registry):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = shutil.which("chromium")
-    if executable is None:  # a skipped browser test is a failed one (CI installs chromium)
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox"], headless=True)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser, tmp_path_factory, request):
     context = browser.new_context(viewport={"width": 1400, "height": 900})

@@ -27,7 +27,7 @@ import pytest
 
 from clearml_hooks import InputModel, OutputModel, Task
 from tests.conftest import REPO
-from tests.test_ui import browser, column, fetch, wait_drawn  # noqa: F401  (browser: a fixture)
+from tests.test_ui import column, fetch, wait_drawn
 
 EVIL_TASK = "<img src=x onerror=alert('task')>"
 EVIL_PROJECT = "<i>proj</i>&amp;"
@@ -113,7 +113,7 @@ def _shots_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def page(browser, server, tmp_path_factory, request):  # noqa: F811
+def page(browser, server, tmp_path_factory, request):
     """A page that fails the test on a script error, a dialog (an XSS would open one) or any
     request to another origin (a CDN); ``page.shot(name)`` saves a screenshot."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})

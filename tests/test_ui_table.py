@@ -105,6 +105,13 @@ def test_filters_on_any_column(models):
     assert names(models, where=[("metadata.dataset", "v10")]) == ["b"]
     assert sorted(names(models, where=[("metadata.dataset", "!=v10")])) == ["a", "c", "d", "e"]
     assert names(models, where=[("metadata.dataset", "~<B>")]) == ["d"]  # contains, any case
+    # a number matches the stored number however it is spelt; != keeps models without the key
+    assert names(models, where=[("metadata.lr", "0.10")]) == ["a"]
+    assert names(models, where=[("metadata.lr", "1e-3")]) == ["b"]
+    assert sorted(names(models, where=[("metadata.lr", "!=0.10")])) == ["b", "c", "d", "e"]
+    assert names(models, where=[("metadata.dataset", "=1")]) == []
+    # != on a metric keeps models without it (d: NaN, e: none), like metadata and built-ins
+    assert sorted(names(models, where=[("metric.loss/val", "!=0.5")])) == ["b", "c", "d", "e"]
     assert sorted(names(models, where=[("tags", "y")])) == ["b"]
     assert sorted(names(models, where=[("tags", "!=x")])) == ["c", "d", "e"]
     assert sorted(names(models, where=[("project", "q")])) == ["c"]

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, false, func, or_, select, true
+from sqlalchemy import Float, and_, case, cast, false, func, not_, or_, select, true
 from sqlalchemy.engine import Connection
 
 from clearml_hooks.store import schema as s
@@ -161,6 +161,14 @@ def _number(text: str, column: Column) -> float:
     return value
 
 
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _compare(expr, op: str, value: Any):
     return {"=": expr == value, "!=": expr != value, "<": expr < value, "<=": expr <= value,
             ">": expr > value, ">=": expr >= value}[op]
@@ -179,12 +187,18 @@ def _condition_clause(c: Condition):
         expr = _metadata_exprs(col.name)[0] if col.kind == "metadata" else _builtin_expr(col.name)
         return _contains(expr, c.value)
     if col.kind == "metric":
-        return _compare(_metric_expr(col.name, col.series), c.op, _number(c.value, col))
+        expr = _metric_expr(col.name, col.series)
+        clause = _compare(expr, c.op, _number(c.value, col))
+        # != keeps models without the metric, as it does for metadata and built-in columns
+        return or_(clause, expr.is_(None)) if c.op == "!=" else clause
     if col.kind == "metadata":
         text, number = _metadata_exprs(col.name)
         if c.op in ("=", "!="):
-            clause = _compare(text, c.op, c.value)
-            return or_(clause, text.is_(None)) if c.op == "!=" else clause
+            equal = text == c.value
+            value = _finite(c.value)
+            if value is not None:  # lr=0.10 finds a float stored as "0.1"
+                equal = or_(equal, and_(number.isnot(None), number == value))
+            return or_(text.is_(None), not_(equal)) if c.op == "!=" else equal
         return _compare(number, c.op, _number(c.value, col))
     if col.name == "tags":
         if c.op not in ("=", "!="):

@@ -7,7 +7,6 @@ import json
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,7 +14,7 @@ from clearml_hooks.store import events as ev
 from clearml_hooks.store import model_ops
 from clearml_hooks.store.catalog import SqlCatalog
 from clearml_hooks.watch import SIGNATURE_HEADER, verify
-from tests.eventutil import Proc, wait_for
+from tests.eventutil import LocalHTTPServer, Proc, QuietHandler, wait_for
 
 
 @pytest.fixture
@@ -149,7 +148,7 @@ class _Receiver:
         self.lock = threading.Lock()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
@@ -170,18 +169,11 @@ class _Receiver:
                 self.send_response(status)
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LocalHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.http.close()
 
 
 def test_webhook_signed_retried_and_dead_lettered(catalog):

@@ -10,16 +10,14 @@ import hmac
 import json
 import os
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from clearml_hooks.store import events as ev
 from clearml_hooks.store import model_ops
 from clearml_hooks.store.catalog import SqlCatalog
-from tests.eventutil import Proc, wait_for
+from tests.eventutil import LocalHTTPServer, Proc, QuietHandler, wait_for
 
 DUMP = """\
 import json, os, sys, time
@@ -122,7 +120,7 @@ class _Receiver:
         self.bad: list[str] = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.times.append(time.monotonic())
@@ -135,18 +133,11 @@ class _Receiver:
                 self.send_response(503 if len(receiver.times) <= fail else 204)
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LocalHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.http.close()
 
 
 def test_webhook_retries_back_off_exponentially(catalog):

@@ -13,20 +13,12 @@ import urllib.request
 
 import pytest
 
-from tests.eventutil import Proc, wait_for
+from tests.eventutil import Proc, get_json, wait_for
 
 sklearn = pytest.importorskip("sklearn")
 np = pytest.importorskip("numpy")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def _infer(url: str, rows: list[list[float]]) -> list[float]:
@@ -77,12 +69,12 @@ def test_serve_hot_swaps_under_load_and_keeps_old_on_failure(tmp_path, monkeypat
         line = server.wait_line("clearml-hooks serve: http://", timeout=60)
         url = re.search(r"(http://\S+/v2/models/reg)", line).group(1)
         base = url.rsplit("/v2/", 1)[0]
-        assert _get(base + "/v2/health/ready") == (200, {"ready": True})
-        status, meta = _get(url)
+        assert get_json(base + "/v2/health/ready") == (200, {"ready": True})
+        status, meta = get_json(url)
         assert status == 200 and meta["parameters"]["model_id"] == first
         assert meta["versions"] == ["1"]
         assert _infer(url, [[3.0], [4.0]]) == pytest.approx([3.0, 4.0])
-        assert _get(base + "/v2/models/other")[0] == 404
+        assert get_json(base + "/v2/models/other")[0] == 404
 
         seen: list[list[float]] = [[], []]  # each client's answers, in its order
 
@@ -115,7 +107,7 @@ def test_serve_hot_swaps_under_load_and_keeps_old_on_failure(tmp_path, monkeypat
         stop.set()
         for c in clients:
             c.join(timeout=10)
-        status, meta = _get(url)
+        status, meta = get_json(url)
         assert meta["parameters"]["model_id"] == second
         assert bad in meta["parameters"]["last_error"]
         assert _infer(url, [[1.0]]) == pytest.approx([2.0])

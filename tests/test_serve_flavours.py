@@ -19,21 +19,13 @@ import urllib.request
 
 import pytest
 
-from tests.eventutil import Proc, wait_for
+from tests.eventutil import Proc, get_json, wait_for
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 X = [[0.5, 1.0], [2.0, -1.0], [3.0, 4.0]]
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def _infer(url: str, rows: list[list[float]]) -> dict:
@@ -62,8 +54,8 @@ def server(tmp_path_factory):
         url = re.search(r"(http://\S+/v2/models/m)", line).group(1)
         base = url.rsplit("/v2/", 1)[0]
         # nothing registered yet: live, not ready, and it says it waits
-        assert _get(base + "/v2/health/live")[0] == 200
-        assert _get(base + "/v2/health/ready")[0] == 503
+        assert get_json(base + "/v2/health/live")[0] == 200
+        assert get_json(base + "/v2/health/ready")[0] == 503
         assert any("no model matches" in ln for ln in proc.lines)
         yield {"url": url, "base": base, "home": str(home), "proc": proc}
     finally:
@@ -88,7 +80,7 @@ def _serve_and_check(server, monkeypatch, path, framework: str, expected) -> dic
     model_id = _register(server, monkeypatch, path, framework)
 
     def swapped():
-        status, meta = _get(server["url"])
+        status, meta = get_json(server["url"])
         return status == 200 and meta["parameters"]["model_id"] == model_id and meta
 
     # the first model of a framework also imports the framework in the server (seconds)
@@ -227,7 +219,7 @@ def test_a_new_version_of_the_served_model_is_served(server, monkeypatch, tmp_pa
     second = LinearRegression().fit(x, 3 * y)
     joblib.dump(second, two)
     model_id = _register(server, monkeypatch, one, "ScikitLearn")
-    wait_for(lambda: _get(server["url"])[1]["parameters"]["model_id"] == model_id, timeout=60)
+    wait_for(lambda: get_json(server["url"])[1]["parameters"]["model_id"] == model_id, timeout=60)
     from clearml_hooks import OutputModel, Task
 
     task = Task.init(project_name="srv", task_name="train", auto_connect_frameworks=False)
@@ -235,7 +227,7 @@ def test_a_new_version_of_the_served_model_is_served(server, monkeypatch, tmp_pa
         OutputModel(task=task, base_model_id=model_id).update_weights(str(two), async_enable=False)
     finally:
         task.close()
-    wait_for(lambda: _get(server["url"])[1]["versions"] == ["2"], timeout=30)
+    wait_for(lambda: get_json(server["url"])[1]["versions"] == ["2"], timeout=30)
     out = _infer(server["url"], X)
     assert out["model_version"] == "2" and out["parameters"]["model_id"] == model_id
     assert np.allclose(out["outputs"][0]["data"],
@@ -249,7 +241,7 @@ def test_tampered_blob_is_refused_and_the_old_model_kept(server, monkeypatch, tm
     import joblib
     from sklearn.linear_model import LinearRegression
 
-    status, before = _get(server["url"])
+    status, before = get_json(server["url"])
     assert status == 200
     old_id = before["parameters"]["model_id"]
     x, y = _xy()
@@ -276,7 +268,7 @@ def test_tampered_blob_is_refused_and_the_old_model_kept(server, monkeypatch, tm
         task.close()
     line = server["proc"].wait_line(f"model {om.id} (reg) failed to load", timeout=30)
     assert "sha256" in line and f"still serving model {old_id}" in line, line
-    status, meta = _get(server["url"])
+    status, meta = get_json(server["url"])
     assert meta["parameters"]["model_id"] == old_id
     assert om.id in meta["parameters"]["last_error"] and "sha256" in meta["parameters"]["last_error"]
     assert _infer(server["url"], X)["parameters"]["model_id"] == old_id

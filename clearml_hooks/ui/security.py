@@ -58,10 +58,17 @@ class Guard:
         return hmac.new(self.csrf_secret, b"clearml-hooks-ui-csrf", hashlib.sha256).hexdigest()
 
     def csrf_ok(self, value: str | None) -> bool:
-        return bool(value) and hmac.compare_digest(value, self.csrf_token())
+        return bool(value) and _same(value, self.csrf_token())
 
     def token_ok(self, value: str | None) -> bool:
-        return self.token is None or (bool(value) and hmac.compare_digest(value, self.token))
+        return self.token is None or (bool(value) and _same(value, self.token))
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time compare of bytes: ``hmac.compare_digest`` raises TypeError on a str
+    that is not ASCII, which made a token like ``?token=%C3%A9`` a 500 instead of a 401."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                               expected.encode("utf-8", "surrogatepass"))
 
 
 Send = Callable[[dict], Awaitable[None]]

@@ -319,7 +319,9 @@ def create_app(store: Store, guard: Guard) -> Any:
         elif isinstance(exc, StoreUnavailable):
             status, message = 503, str(exc).splitlines()[0]
         else:
-            raise exc
+            # anything else is our bug: still the documented error shape (JSON under /api/),
+            # no traceback to the client; Starlette re-raises it after this, so it is logged
+            status, message = 500, "internal error (the server's log has the details)"
         return error(request, status, message)
 
     routes = [

@@ -157,8 +157,18 @@ class TriggerScheduler:
         """Run the triggers until ``stop()`` (blocking, as ClearML's ``start``)."""
         catalog = self._catalog
         max_wait = min(1.0, self.pooling_frequency_minutes * 60.0)
-        waiter = ev.Waiter(catalog, poll=min(0.2, max_wait), stop=self._stop)
         self._stop.clear()
+        lock = None
+        if self._consumer:  # one scheduler per consumer at a time, or each event fires twice
+            from clearml_hooks.watch import ConsumerLock
+
+            lock = ConsumerLock(catalog, self._consumer)
+            if not lock.acquire(self._stop, log.warning):
+                return
+            stored = ev.retrying("read the consumer's cursor", lambda: ev.get_cursor(
+                catalog, self._consumer), self._stop)
+            self._cursor = max(self._cursor, stored or 0)
+        waiter = ev.Waiter(catalog, poll=min(0.2, max_wait), stop=self._stop)
         try:
             while not self._stop.is_set():
                 batch = ev.retrying("read the event log", lambda: ev.read_after(
@@ -174,6 +184,8 @@ class TriggerScheduler:
                     waiter.wait(max_wait, after=self._cursor)
         finally:
             waiter.close()
+            if lock is not None:
+                lock.release()
 
     def _fire(self, event: ev.Event) -> None:
         for trigger in self._triggers:

@@ -131,6 +131,17 @@ class DeliveryFailed(RuntimeError):
     pass
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is a failed delivery: urllib would follow a 301/302/303 as a GET without the
+    body, and the receiver's 2xx to that GET counted as delivered an event it never got."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class ExecTarget:
     """Run a shell command per event: ``{model_id}``, ``{event}``, ``{version}``, ``{name}``,
     ``{project}``, ``{event_id}`` are replaced (shell-quoted); the event is in the environment
@@ -214,10 +225,13 @@ class WebhookTarget:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                resp.read()
+            # the status line decides; the answer's body is not read (a receiver sending an
+            # endless or gigantic body would hold the watcher, or fill its memory, forever)
+            with _OPENER.open(req, timeout=self.timeout):
+                pass
         except urllib.error.HTTPError as exc:
-            raise DeliveryFailed(f"HTTP {exc.code}") from exc
+            hint = " (redirects are not followed)" if 300 <= exc.code < 400 else ""
+            raise DeliveryFailed(f"HTTP {exc.code}{hint}") from exc
         except (urllib.error.URLError, OSError) as exc:
             raise DeliveryFailed(str(getattr(exc, "reason", exc))) from exc
 
@@ -246,6 +260,75 @@ class WebhookTarget:
                                self.tries, error, body.decode())
 
 
+class ConsumerLock:
+    """One running reader per consumer name. Two watchers started with the same ``--consumer``
+    both read from the stored cursor, so each delivered every event (each event twice); now
+    the second one waits, as a standby, until the first stops or dies, then resumes from the
+    cursor the first one stored. SQLite: ``flock`` on a file beside the catalog; PostgreSQL:
+    a session advisory lock on a connection held open. Either is released by the kernel or
+    the server when the holder dies (``kill -9`` included)."""
+
+    def __init__(self, catalog: SqlCatalog, consumer: str) -> None:
+        self.catalog, self.consumer = catalog, consumer
+        self._file: Any = None
+        self._conn: Any = None
+
+    def try_acquire(self) -> bool:
+        key = hashlib.sha256(f"clearml-hooks consumer {self.consumer}".encode()).digest()
+        if self.catalog.is_sqlite:
+            import fcntl
+
+            folder = os.path.dirname(os.path.abspath(self.catalog.url.split("///", 1)[-1]))
+            f = open(os.path.join(folder, f".consumer-{key.hex()[:32]}.lock"), "a+b")  # noqa: SIM115
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                return False
+            self._file = f
+            return True
+        from sqlalchemy import text
+
+        conn = self.catalog.engine.connect()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                           {"k": int.from_bytes(key[:8], "big", signed=True)}).scalar()
+        conn.commit()
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def acquire(self, stop: threading.Event, echo: Callable[[str], None]) -> bool:
+        """Wait until this process holds the consumer (False: stopped while waiting)."""
+        told = False
+        while not stop.is_set():
+            try:
+                if self.try_acquire():
+                    if told:
+                        echo(f"consumer {self.consumer!r} is free now: taking over")
+                    return True
+            except Exception as exc:  # the catalog is down: like any read, wait and retry
+                echo(f"consumer {self.consumer!r}: could not take its lock ({exc}); retrying")
+            if not told:
+                echo(f"consumer {self.consumer!r} is being run by another watcher: waiting as "
+                     "a standby until it stops")
+                told = True
+            stop.wait(0.5)
+        return False
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+        if self._conn is not None:
+            try:
+                self._conn.close()  # the session ends: its advisory lock is released
+            except Exception:
+                pass
+            self._conn = None
+
+
 class Watcher:
     """Follow the event log and hand matching events to ``target`` in order."""
 
@@ -272,6 +355,14 @@ class Watcher:
 
     def run(self) -> None:
         """Block until ``stop()``; the cursor is stored after every delivered event."""
+        lock = ConsumerLock(self.catalog, self.consumer) if self.consumer else None
+        if lock is not None:
+            if not lock.acquire(self.stop_event, self.echo):
+                return
+            # another watcher may have run this consumer since we read its cursor
+            stored = ev.retrying("read the consumer's cursor", lambda: ev.get_cursor(
+                self.catalog, self.consumer), self.stop_event)
+            self.cursor = max(self.cursor, stored or 0)
         waiter = ev.Waiter(self.catalog, poll=self.poll, stop=self.stop_event)
         saved = self.cursor
         try:
@@ -298,3 +389,5 @@ class Watcher:
                     waiter.wait(self.max_wait, after=self.cursor)
         finally:
             waiter.close()
+            if lock is not None:
+                lock.release()

@@ -294,6 +294,7 @@ class Follower:
 def create_app(follower: Follower, endpoint: str) -> Any:
     import numpy as np
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -361,7 +362,9 @@ def create_app(follower: Follower, endpoint: str) -> Any:
         except Exception as exc:
             return error(400, f"bad request: {type(exc).__name__}: {exc}")
         try:
-            y = np.asarray(cur.predict(x))
+            # in a worker thread: a slow model run on the event loop stalled every other
+            # request, /v2/health/live included (a liveness probe would restart the server)
+            y = await run_in_threadpool(lambda: np.asarray(cur.predict(x)))
         except Exception as exc:
             return error(400, f"prediction failed: {type(exc).__name__}: {exc}")
         data = y.ravel().tolist() if y.dtype != object else [str(v) for v in y.ravel()]

@@ -230,9 +230,12 @@ def exit_like(returncode: int) -> int:
         atexit._run_exitfuncs()
     except Exception:
         pass
-    try:
+    try:  # SIGKILL (the OOM killer's) has no handler to reset: signal.signal refuses it
         signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
     except (OSError, ValueError):
+        pass
+    try:
+        os.kill(os.getpid(), signum)
+    except OSError:
         pass
     return 128 + signum  # a signal whose default action does not end the process

@@ -323,7 +323,8 @@ class ConsumerLock:
             self._file = None
         if self._conn is not None:
             try:
-                self._conn.close()  # the session ends: its advisory lock is released
+                # close() alone hands the session back to the pool, lock held: end the session
+                self._conn.invalidate()
             except Exception:
                 pass
             self._conn = None

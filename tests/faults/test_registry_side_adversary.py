@@ -300,7 +300,34 @@ def _wait(predicate, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def test_two_watchers_with_one_consumer_deliver_each_event_once(catalog, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_catalog(request, tmp_path, monkeypatch):
+    """The catalog fixture's SQLite, or a fresh database on the session's PostgreSQL (the
+    watch processes find it through CLEARML_HOOKS_CATALOG_URL)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("catalog")
+        return
+    import uuid
+
+    import psycopg
+
+    from clearml_hooks.store.catalog import SqlCatalog
+
+    pg = request.getfixturevalue("pg_server")
+    name = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg.url.rsplit("/", 1)[0] + "/" + name
+    monkeypatch.setenv("CLEARML_HOOKS_CATALOG_URL", url)
+    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(tmp_path / "store"))
+    cat = SqlCatalog(url)
+    yield cat
+    cat.close()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_two_watchers_with_one_consumer_deliver_each_event_once(any_catalog, tmp_path):
     """Broke before: both read from the stored cursor and each ran the command for every event
     (each event twice). Now the second waits as a standby; after ``kill -9`` of the first it
     takes over from the stored cursor: every event once, in order."""
@@ -310,7 +337,7 @@ def test_two_watchers_with_one_consumer_deliver_each_event_once(catalog, tmp_pat
     from clearml_hooks.store import model_ops
     from tests.eventutil import Proc
 
-    model_ops.create_model(catalog, name="before", project="p")
+    model_ops.create_model(any_catalog, name="before", project="p")
     out = tmp_path / "delivered"
     cmd = f"echo {{event_id}} >> {out}"
     args = ("watch", "--on", "register", "--consumer", "c", "--exec", cmd)
@@ -321,18 +348,18 @@ def test_two_watchers_with_one_consumer_deliver_each_event_once(catalog, tmp_pat
         second = Proc(*args)
         second.wait_line("as consumer 'c'")
         time.sleep(0.5)  # both in their loops
-        ids = [model_ops.create_model(catalog, name=f"m{i}", project="p") for i in range(4)]
+        ids = [model_ops.create_model(any_catalog, name=f"m{i}", project="p") for i in range(4)]
         del ids
 
         def lines():
             return out.read_text().split() if out.exists() else []
 
         _wait(lambda: len(lines()) >= 4)
-        _wait(lambda: ev.get_cursor(catalog, "c") == ev.last_id(catalog))
+        _wait(lambda: ev.get_cursor(any_catalog, "c") == ev.last_id(any_catalog))
         os.kill(first.proc.pid, signal.SIGKILL)  # idle: its cursor is stored
         first.proc.wait(timeout=10)
         for i in range(4):
-            model_ops.create_model(catalog, name=f"n{i}", project="p")
+            model_ops.create_model(any_catalog, name=f"n{i}", project="p")
         _wait(lambda: len(lines()) >= 8)
         time.sleep(1.0)  # room for a duplicate to show up
         got = [int(x) for x in lines()]
@@ -340,10 +367,41 @@ def test_two_watchers_with_one_consumer_deliver_each_event_once(catalog, tmp_pat
         first.stop()
         if second is not None:
             second.stop()
-    want = [e.id for e in ev.read_after(catalog, 0) if e.kind == "registered"][1:]
+    want = [e.id for e in ev.read_after(any_catalog, 0) if e.kind == "registered"][1:]
     assert got == want, (got, want)
     assert any("standby" in ln for ln in second.lines), second.lines
 
+
+
+def test_the_consumer_lock_on_postgresql(pg_server):
+    """The PostgreSQL side of the one-reader-per-consumer lock: a second holder is refused
+    until the first releases (or its session ends), other consumer names are independent."""
+    import uuid
+
+    import psycopg
+
+    from clearml_hooks.store.catalog import SqlCatalog
+    from clearml_hooks.watch import ConsumerLock
+
+    name = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    one = SqlCatalog(pg_server.url.rsplit("/", 1)[0] + "/" + name)
+    two = SqlCatalog(pg_server.url.rsplit("/", 1)[0] + "/" + name)
+    try:
+        a, b, other = ConsumerLock(one, "c"), ConsumerLock(two, "c"), ConsumerLock(two, "d")
+        assert a.try_acquire()
+        assert not b.try_acquire()
+        assert other.try_acquire()
+        a.release()
+        assert b.try_acquire()
+        b.release()
+        other.release()
+    finally:
+        one.close()
+        two.close()
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 # -- clearml-hooks serve -------------------------------------------------------------------------

@@ -184,6 +184,81 @@ def test_huge_integers_elsewhere_are_400s(ui, target):
     assert got == 400 and json.loads(body)["status"] == 400, (got, body[:300])
 
 
+def raw_post(port: int, target: bytes, body: bytes, headers: bytes) -> tuple[int, dict, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1:" + str(port).encode()
+                  + b"\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded"
+                  + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + headers
+                  + b"\r\n" + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {ln.partition(":")[0].strip().lower(): ln.partition(":")[2].strip()
+              for ln in lines[1:]}
+    return int(lines[0].split()[1]), fields, rest
+
+
+def test_edits_from_elsewhere_or_without_the_csrf_token_are_refused(ui):
+    """Held: Origin / Referer of another site, ``null``, a look-alike host, and a wrong CSRF
+    token are 403s; ``next`` never leaves the site. Broke before: a CSRF value that is not
+    ASCII was a 500 (hmac.compare_digest's TypeError), now a 403."""
+    from urllib.parse import quote
+
+    port = ui.server_port
+    auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+    model_id = json.loads(raw_get(port, b"/api/v1/models", auth)[2])["models"][0]["id"]
+    csrf = ui.guard.csrf_token()
+    me = f"http://127.0.0.1:{port}".encode()
+
+    def post(origin: bytes | None, token: str = csrf, next_: str = "/", referer=None):
+        body = (f"csrf={quote(token)}&action=add_tags&tags=adv&ids={model_id}"
+                f"&next={quote(next_)}").encode()
+        extra = auth + (b"Origin: " + origin + b"\r\n" if origin is not None else b"")
+        extra += b"Referer: " + referer + b"\r\n" if referer is not None else b""
+        return raw_post(port, b"/actions/batch", body, extra)
+
+    for origin in (b"http://evil.example", b"null", me + b".evil.example", b"https://127.0.0.1:1",
+                   b"ftp://127.0.0.1:" + str(port).encode(), b""):
+        assert post(origin)[0] == 403, origin
+    assert post(None)[0] == 403  # neither Origin nor Referer
+    assert post(None, referer=b"http://evil.example/")[0] == 403
+    for bad in ("", "0" * 64, "é" * 64, csrf + "x"):
+        status, _, body = post(me, token=bad)
+        assert status == 403, (bad, status, body[:200])
+    for nxt in ("//evil.example/x", "/\\evil.example", "https://evil.example", "/\t/evil.example",
+                "/\r\nSet-Cookie: x=1"):
+        status, headers, _ = post(me, next_=nxt)
+        assert status == 303, (nxt, status)
+        location = headers["location"]
+        assert location.startswith("/") and location[1:2] not in ("/", "\\"), location
+        assert not any(c in location for c in "\t\r\n"), location
+        assert "set-cookie" not in headers
+    status, headers, _ = post(None, referer=me + b"/?x=1")  # a same-site Referer is enough
+    assert status == 303
+
+
+def test_read_only_refuses_every_post_even_a_perfect_one(ui):
+    from clearml_hooks.ui import UiServer
+
+    with UiServer(ui.store, "127.0.0.1", 0, read_only=True).start() as srv:
+        port = srv.server_port
+        model_id = json.loads(raw_get(port, b"/api/v1/models")[2])["models"][0]["id"]
+        before = json.loads(raw_get(port, f"/api/v1/models/{model_id}".encode())[2])
+        body = (f"csrf={srv.guard.csrf_token()}&action=publish&ids={model_id}").encode()
+        me = f"http://127.0.0.1:{port}".encode()
+        for target in (b"/actions/batch", f"/models/{model_id}/actions/publish".encode()):
+            assert raw_post(port, target, body, b"Origin: " + me + b"\r\n")[0] == 403
+        for method in (b"PUT", b"DELETE", b"PATCH"):
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+                s.sendall(method + b" /actions/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+                assert s.recv(100).split()[1] in (b"403", b"405"), method
+        after = json.loads(raw_get(port, f"/api/v1/models/{model_id}".encode())[2])
+    assert after["published"] == before["published"] is False
+
+
 # -- webhooks ------------------------------------------------------------------------------------
 
 @pytest.fixture

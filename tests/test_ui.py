@@ -433,6 +433,10 @@ def test_json_api(server, registry):
         got, headers, body = fetch(server.url + path)
         assert got == status and headers["content-type"] == "application/json", path
         assert json.loads(body)["status"] == status
+    for path in ("api/v1/models/nope", "api/v1/models/nope/scalars", "models/nope"):
+        got, _, body = fetch(server.url + path)  # says what is missing, not where the store is
+        assert got == 404 and "nope" in body, path
+        assert str(registry["store"].home) not in body, path
     own = {"Origin": server.url.rstrip("/")}
     for method in ("POST", "DELETE", "PUT"):  # the API is read-only: JSON errors here too
         got, headers, body = fetch(server.url + "api/v1/models", data=b"", headers=own,

@@ -312,7 +312,9 @@ def create_app(store: Store, guard: Guard) -> Any:
             status, message = exc.status_code, str(exc.detail)
             if status == 404 and message == "Not Found":
                 message = f"no page at {request.url.path}"
-        elif isinstance(exc, (UnknownModel, model_view.UnknownTask)):
+        elif isinstance(exc, UnknownModel):  # not str(exc): it names the store's folder
+            status, message = 404, f"no model with id {exc.model_id!r}"
+        elif isinstance(exc, model_view.UnknownTask):
             status, message = 404, str(exc)
         elif isinstance(exc, (TableError, actions.ActionError, ValueError)):
             status, message = 400, str(exc)

@@ -117,3 +117,16 @@ def browser_type_launch_args(browser_type_launch_args):
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
     return {**browser_type_launch_args, "executable_path": executable, "headless": True,
             "args": ["--no-sandbox"]}
+
+
+@pytest.fixture
+def catalog(tmp_path, monkeypatch):
+    """A SQLite catalog in the test's own store, which CLEARML_HOOKS_HOME names for children
+    (the events and watch tests; a module may override it)."""
+    from clearml_hooks.store.catalog import SqlCatalog
+
+    home = tmp_path / "store"
+    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(home))
+    cat = SqlCatalog(f"sqlite:///{home}/catalog.db")
+    yield cat
+    cat.close()

@@ -17,15 +17,6 @@ from clearml_hooks.watch import SIGNATURE_HEADER, verify
 from tests.eventutil import LocalHTTPServer, Proc, QuietHandler, wait_for
 
 
-@pytest.fixture
-def catalog(tmp_path, monkeypatch):
-    home = tmp_path / "store"
-    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(home))
-    cat = SqlCatalog(f"sqlite:///{home}/catalog.db")
-    yield cat
-    cat.close()
-
-
 def _model(catalog, name="m", project="p", **kw):
     return model_ops.create_model(catalog, name=name, project=project, **kw)
 

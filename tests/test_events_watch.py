@@ -12,8 +12,6 @@ import os
 import sys
 import time
 
-import pytest
-
 from clearml_hooks.store import events as ev
 from clearml_hooks.store import model_ops
 from clearml_hooks.store.catalog import SqlCatalog
@@ -28,15 +26,6 @@ if env.get("CLEARML_HOOKS_MODEL_NAME") == "slow":
 with open(sys.argv[1], "a") as f:
     f.write(json.dumps({"argv": sys.argv[2:], "env": env}) + "\\n")
 """
-
-
-@pytest.fixture
-def catalog(tmp_path, monkeypatch):
-    home = tmp_path / "store"
-    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(home))
-    cat = SqlCatalog(f"sqlite:///{home}/catalog.db")
-    yield cat
-    cat.close()
 
 
 def _alive(pid: int) -> bool:

@@ -261,18 +261,6 @@ def test_read_only_refuses_every_post_even_a_perfect_one(ui):
 
 # -- webhooks ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def catalog(tmp_path, monkeypatch):
-    from clearml_hooks.store import model_ops  # noqa: F401
-    from clearml_hooks.store.catalog import SqlCatalog
-
-    home = tmp_path / "store"
-    monkeypatch.setenv("CLEARML_HOOKS_HOME", str(home))
-    cat = SqlCatalog(f"sqlite:///{home}/catalog.db")
-    yield cat
-    cat.close()
-
-
 def _one_event(catalog):
     from clearml_hooks import OutputModel, Task
 

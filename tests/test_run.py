@@ -56,10 +56,6 @@ def _env(store: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in launch_env.NAMES}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["CLEARML_HOOKS_HOME"] = str(store)
-    # torchrun and accelerate make torchelastic_* folders in the temp dir and leave them there
-    tmp = store.parent / "proc-tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    env["TMPDIR"] = str(tmp)
     if _CHILD_ENV:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env.update(_CHILD_ENV)

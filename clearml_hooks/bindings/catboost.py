@@ -25,8 +25,11 @@ def _scratch() -> bool:
     )
 
 
+_fname = arg("fname", 0)
+
+
 def _save_path(call: Call) -> Any:
-    raw = arg("fname", 0)(call)
+    raw = _fname(call)
     if raw is None or _scratch():
         return None
     return raw
@@ -34,7 +37,7 @@ def _save_path(call: Call) -> Any:
 
 def _load_path(call: Call) -> Any:
     """``load_model(fname)`` or ``load_model(stream=f)`` (a named file object); not ``blob=``."""
-    raw = arg("fname", 0)(call)
+    raw = _fname(call)
     if raw is None:
         raw = call.kwargs.get("stream")
         if raw is None and len(call.args) > 2:

@@ -116,6 +116,9 @@ class Store:
 
     @property
     def journal(self) -> Journal:
+        journal = self._journal
+        if journal is not None:  # made once, then read on every captured save: no lock
+            return journal
         with self._lock:
             if self._journal is None:
                 from clearml_hooks.store.journal import Journal
@@ -141,13 +144,17 @@ class Store:
 
     @property
     def worker(self) -> Worker:
+        worker = self._worker
+        if worker is not None:
+            return worker
         journal = self.journal
         with self._lock:
             if self._worker is None:
                 from clearml_hooks.store.worker import Worker
 
-                self._worker = Worker(self, journal)
-                self._worker.job_timeout = self.settings.job_timeout
+                worker = Worker(self, journal)
+                worker.job_timeout = self.settings.job_timeout
+                self._worker = worker  # published whole: it is read without the lock
             return self._worker
 
     @property

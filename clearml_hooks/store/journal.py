@@ -21,6 +21,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from clearml_hooks.store import forks
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: liveness falls back to the pid check
@@ -181,7 +183,7 @@ class Journal:
         if line is None:
             line = _encode(header)
         with self._lock:
-            if self._pid != os.getpid():
+            if self._pid != forks.PID:
                 self._after_fork()
             if self._fd is None or self._offset > SEGMENT_MAX:
                 if self._fd is not None:
@@ -189,13 +191,18 @@ class Journal:
                 self._open()
             assert self._fd is not None
             data = line + payload if payload else line
-            try:
-                self._write(data)
+            try:  # one write: the common case, inline (the training thread pays for each call)
+                if os.write(self._fd, data) != len(data):
+                    self._write_rest(data)
             except OSError:
+                self._cut()
                 if not self._next_root():  # this disk is full: go on on the next one
                     raise
                 self._open()
                 self._write(data)
+            except BaseException:  # a KeyboardInterrupt right after a short write
+                self._cut()
+                raise
             if self.fsync:
                 os.fsync(self._fd)
             segment = self._segments[-1]
@@ -206,18 +213,26 @@ class Journal:
             return record
 
     def _write(self, data: bytes) -> None:
-        assert self._fd is not None
         try:
-            written = os.write(self._fd, data)
-            while written < len(data):  # a short write (signal, nearly full disk)
-                written += os.write(self._fd, data[written:])
+            if os.write(self._fd, data) != len(data):
+                self._write_rest(data)
         except BaseException:
-            # never leave a torn record in the middle: later records would be unreadable
-            try:
-                os.ftruncate(self._fd, self._offset)
-            except OSError:
-                pass
+            self._cut()
             raise
+
+    def _write_rest(self, data: bytes) -> None:
+        """Finish a short write (a signal, a nearly full disk) from where it stopped."""
+        written = os.fstat(self._fd).st_size - self._offset
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+
+    def _cut(self) -> None:
+        """Cut the segment back to where the record being written started: a torn record in
+        the middle would make the later ones unreadable."""
+        try:
+            os.ftruncate(self._fd, self._offset)
+        except OSError:
+            pass
 
     def mark_done(self, rid: str) -> None:
         """The record ``rid`` is resolved (stored, failed with its reason, or ingested)."""

@@ -34,37 +34,48 @@ class SnapshotLines:
                staging: list[str] | None = None) -> dict[str, Any]:
         """The record header, as the worker and recovery read it. ``how`` is ``inline`` (the
         payload is the file, ``size`` bytes) or how the file was staged at ``staged``."""
-        entry: dict[str, Any] = {"size": size, "how": how, "rel": name}
-        if staged is not None:
-            entry["path"] = staged
-        if ident is not None:
-            entry["id"] = ident
-        return {"t": "snap", "rid": rid, "task": self.task_id, "src": src, "name": name,
-                "fw": framework, "kind": "file", "it": iteration, "ts": ts, "files": [entry],
-                "staging": staging or [], "src_size": size, "src_mtime_ns": mtime_ns,
-                "n": size if how == "inline" else 0}
+        return self.record(rid, src, name, framework, iteration, ts, size, mtime_ns, how,
+                           staged, ident, staging)[0]
 
     def line(self, rid: str, src: str, name: str, framework: str, iteration: int | None,
              ts: float, size: int, mtime_ns: int, how: str = "inline",
              staged: str | None = None, ident: list[int] | None = None,
              staging: list[str] | None = None) -> bytes:
-        """``header(...)`` as one JSON line. ``rid`` is alphanumeric (``journal.new_id``),
-        ``how`` one of staging's plain words, ``iteration`` an int or None, the sizes, times
-        and ``ident`` ints: what ``os.stat`` gives."""
+        """``header(...)`` as one JSON line."""
+        return self.record(rid, src, name, framework, iteration, ts, size, mtime_ns, how,
+                           staged, ident, staging)[1]
+
+    def record(self, rid: str, src: str, name: str, framework: str, iteration: int | None,
+               ts: float, size: int, mtime_ns: int, how: str = "inline",
+               staged: str | None = None, ident: list[int] | None = None,
+               staging: list[str] | None = None) -> tuple[dict[str, Any], bytes]:
+        """(header, its JSON line), in one call for the hot path. ``rid`` is alphanumeric
+        (``journal.new_id``), ``how`` one of staging's plain words, ``iteration`` an int or
+        None, the sizes, times and ``ident`` ints: what ``os.stat`` gives."""
+        entry: dict[str, Any] = {"size": size, "how": how, "rel": name}
         key = (src, name, framework)
         fixed = self._fixed.get(key)
         if fixed is None:
             fixed = self._fix(key)
         head, name_json = fixed
-        extra = "" if staged is None else f',"path":{_encode_str(staged)}'
+        extra = ""
+        if staged is not None:
+            entry["path"] = staged
+            extra = f',"path":{_encode_str(staged)}'
         if ident is not None:
-            extra += f',"id":[{",".join(str(int(i)) for i in ident)}]'
-        folders = ",".join(_encode_str(f) for f in staging) if staging else ""
-        return (f'{head}"rid":"{rid}","it":{"null" if iteration is None else iteration},'
+            entry["id"] = ident
+            extra += f',"id":[{",".join(map(str, map(int, ident)))}]'
+        folders = ",".join(map(_encode_str, staging)) if staging else ""
+        n = size if how == "inline" else 0
+        header = {"t": "snap", "rid": rid, "task": self.task_id, "src": src, "name": name,
+                  "fw": framework, "kind": "file", "it": iteration, "ts": ts, "files": [entry],
+                  "staging": staging or [], "src_size": size, "src_mtime_ns": mtime_ns, "n": n}
+        line = (f'{head}"rid":"{rid}","it":{"null" if iteration is None else iteration},'
                 f'"ts":{ts!r},"src_size":{size},"src_mtime_ns":{mtime_ns},'
-                f'"n":{size if how == "inline" else 0},"staging":[{folders}],'
+                f'"n":{n},"staging":[{folders}],'
                 f'"files":[{{"size":{size},"how":"{how}","rel":{name_json}{extra}}}]}}\n'
                 ).encode()
+        return header, line
 
     def _fix(self, key: tuple[str, str, str]) -> tuple[str, str]:
         src, name, framework = key

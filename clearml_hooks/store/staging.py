@@ -195,6 +195,33 @@ def stage_file(src: str, place: Callable[[os.stat_result], str], *, inline_max: 
         os.close(fd)
 
 
+def link_first(src: str, staged: str, folder: str, *, inline_max: int,
+               min_free: int) -> dict[str, Any] | None:
+    """Stage a file that was hard-linked the last time it was saved (a checkpoint saved again
+    and again): link first, then ``stat`` our own link, so the identity journaled is that of
+    the very inode we hold. Three system calls fewer than the general way (no open, fstat,
+    close). ``staged`` is a new name in ``folder``. None, with nothing left behind, when the
+    file must take the general way (small now, not a regular file, on another filesystem, or
+    maybe no room)."""
+    try:
+        os.link(src, staged)
+    except OSError:
+        return None
+    try:
+        st = os.stat(staged)
+        if (stat.S_ISREG(st.st_mode) and st.st_size > inline_max
+                and _room(folder, st.st_size + min_free, fresh=False) is None):
+            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                    "id": [st.st_ino, st.st_size, st.st_mtime_ns]}  # identity(st)
+    except OSError:
+        pass
+    try:
+        os.unlink(staged)
+    except OSError:
+        pass
+    return None
+
+
 def _check_room(folder: str, st: os.stat_result, min_free: int, *, fresh: bool) -> None:
     free = _room(folder, st.st_size + min_free, fresh=fresh)
     if free is not None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.hooks import contract
+from clearml_hooks.store import forks
 from clearml_hooks.store.journal import Record
 from clearml_hooks.store.processor import Processor, is_transient
 from clearml_hooks.store.recovery import fail_loudly, recover
@@ -85,7 +86,7 @@ class Worker:
         self._listeners.append(fn)
 
     def _check_fork(self) -> None:
-        if self._pid != os.getpid():  # a forked child has none of the parent's threads
+        if self._pid != forks.PID:  # a forked child has none of the parent's threads
             self._queue = queue.SimpleQueue()
             self._lock = threading.Lock()
             self._idle = threading.Condition(self._lock)
@@ -99,10 +100,11 @@ class Worker:
     def submit(self, record: Record, *, start: bool = True) -> None:
         """Queue a journaled record; ``start=False`` leaves starting the thread to a later
         record, ``start()`` or the exit (a run that saves nothing never opens the catalog)."""
-        self._check_fork()
+        if self._pid != forks.PID:
+            self._check_fork()
         with self._lock:
             self._outstanding += 1
-            if start:
+            if start and (self._thread is None or not self._recovery_queued):
                 self._start_locked()
         self._queue.put(record)
 
@@ -117,11 +119,12 @@ class Worker:
             self._recovery_queued = True
             self._outstanding += 1
             self._queue.put(RecoverJob())
-        if self._thread is None or not self._thread.is_alive():
+        if self._thread is None:  # none yet, or it ended (_run clears it)
             self._generation += 1
-            self._thread = threading.Thread(target=self._run, args=(self._generation,),
-                                            name="clearml-hooks-worker", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, args=(self._generation,),
+                                      name="clearml-hooks-worker", daemon=True)
+            thread.start()  # kept only once started: a failed start is tried again next time
+            self._thread = thread
             threading.Thread(target=self._watch, args=(self._generation,),
                              name="clearml-hooks-watchdog", daemon=True).start()
 
@@ -194,6 +197,14 @@ class Worker:
         return arrived, recovery
 
     def _run(self, generation: int) -> None:
+        try:
+            self._loop(generation)
+        finally:  # ended (an error escaped): the next submit starts a new thread
+            with self._lock:
+                if generation == self._generation:
+                    self._thread = None
+
+    def _loop(self, generation: int) -> None:
         _lower_priority()
         try:
             self.store.import_worker_modules()

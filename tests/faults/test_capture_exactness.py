@@ -128,6 +128,36 @@ def test_offline_then_same_size_rewrite_before_sync(z, tmp_path):
     assert_drained(home)
 
 
+def test_a_checkpoint_linked_first_then_rewritten_behind_the_hooks(z, tmp_path):
+    """A path saved again is linked first (no open): each hooked save first makes the pending
+    link of the previous one private, so those are stored exactly; a same-size writer the
+    hooks cannot see fails the last one loudly, never stores its new bytes."""
+    home, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    env = env_for(home, STORE=str(home), CLEARML_HOOKS_OFFLINE="1")
+    body = """
+        data = serialized(9, 0.25, "last.pt")
+        task = Task.init(project_name="faults", task_name="again", output_uri=os.environ["STORE"])
+        for i in range(1, 5):
+            task.set_last_iteration(i)
+            torch.save(state(i, 0.25), "last.pt")
+        with open("last.pt", "r+b") as f:  # same size, in place, behind the hooks
+            f.write(data)
+        emit(stats=task.capture_stats)
+    """
+    proc = z.run(write_script(tmp_path, body), env, work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = events(proc.stdout)[0]["stats"]
+    assert stats["staged_link"] == 4 and stats["private_copies"] == 3, stats
+    sync(home)
+    by_it = {s["iteration"]: s for s in _ready_or_failed(home)}
+    assert sorted(by_it) == [1, 2, 3, 4]
+    assert all(by_it[i]["state"] == "ready" for i in (1, 2, 3)), by_it
+    assert by_it[4]["state"] == "failed" and "rewritten in place" in by_it[4]["error"], by_it[4]
+    assert torch_value(work / "last.pt") == 9
+    assert_drained(home)
+
+
 # -- 3. file-handle saves -------------------------------------------------------------------------
 
 FILE_HANDLE = """

@@ -96,11 +96,22 @@ def test_crash_then_hooked_resume_rewrite_is_never_ready_with_new_bytes(z, tmp_p
     assert len(v1) == 1 and v1[0]["state"] == "failed", v1
 
 
-def test_offline_then_same_size_rewrite_before_sync(z, tmp_path):
-    """Offline: the snapshot waits in the journal; a same-size rewrite before sync fails it."""
+def _offline_run_then_sync(z, tmp_path: Path, body: str) -> tuple[Path, list, dict]:
+    """Run ``body`` offline (nothing stored while it runs), then sync: (work folder, its
+    events, its snapshots by iteration)."""
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
     env = env_for(home, STORE=str(home), CLEARML_HOOKS_OFFLINE="1")
+    proc = z.run(write_script(tmp_path, body), env, work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sync(home)
+    by_it = {s["iteration"]: s for s in _ready_or_failed(home)}
+    assert_drained(home)
+    return work, events(proc.stdout), by_it
+
+
+def test_offline_then_same_size_rewrite_before_sync(z, tmp_path):
+    """Offline: the snapshot waits in the journal; a same-size rewrite before sync fails it."""
     body = """
         data = serialized(11, 1.0, "last.pt")
         task = Task.init(project_name="faults", task_name="offline", output_uri=os.environ["STORE"])
@@ -114,27 +125,19 @@ def test_offline_then_same_size_rewrite_before_sync(z, tmp_path):
             f.write(data)
         emit(done=1)
     """
-    proc = z.run(write_script(tmp_path, body), env, work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sync(home)
-    snaps = _ready_or_failed(home)
-    by_it = {s["iteration"]: s for s in snaps}
+    work, _events, by_it = _offline_run_then_sync(z, tmp_path, body)
     assert {1, 2, 3, 10} <= set(by_it)
     assert all(by_it[i]["state"] == "ready" for i in (1, 2, 3)), by_it
     assert by_it[10]["state"] == "failed", by_it[10]
     for i in (1, 2, 3):
         assert torch_value(work / f"ep{i}.pt") == i
     assert torch_value(work / "last.pt") == 11
-    assert_drained(home)
 
 
 def test_a_checkpoint_linked_first_then_rewritten_behind_the_hooks(z, tmp_path):
     """A path saved again is linked first (no open): each hooked save first makes the pending
     link of the previous one private, so those are stored exactly; a same-size writer the
     hooks cannot see fails the last one loudly, never stores its new bytes."""
-    home, work = tmp_path / "store", tmp_path / "work"
-    work.mkdir()
-    env = env_for(home, STORE=str(home), CLEARML_HOOKS_OFFLINE="1")
     body = """
         data = serialized(9, 0.25, "last.pt")
         task = Task.init(project_name="faults", task_name="again", output_uri=os.environ["STORE"])
@@ -145,17 +148,13 @@ def test_a_checkpoint_linked_first_then_rewritten_behind_the_hooks(z, tmp_path):
             f.write(data)
         emit(stats=task.capture_stats)
     """
-    proc = z.run(write_script(tmp_path, body), env, work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    stats = events(proc.stdout)[0]["stats"]
+    work, ev, by_it = _offline_run_then_sync(z, tmp_path, body)
+    stats = ev[0]["stats"]
     assert stats["staged_link"] == 4 and stats["private_copies"] == 3, stats
-    sync(home)
-    by_it = {s["iteration"]: s for s in _ready_or_failed(home)}
     assert sorted(by_it) == [1, 2, 3, 4]
     assert all(by_it[i]["state"] == "ready" for i in (1, 2, 3)), by_it
     assert by_it[4]["state"] == "failed" and "rewritten in place" in by_it[4]["error"], by_it[4]
     assert torch_value(work / "last.pt") == 9
-    assert_drained(home)
 
 
 # -- 3. file-handle saves -------------------------------------------------------------------------

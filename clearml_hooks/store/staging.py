@@ -208,7 +208,7 @@ def link_first(src: str, staged: str, folder: str, *, inline_max: int,
     except OSError:
         return None
     try:
-        st = os.stat(staged)
+        st = os.lstat(staged)  # link() of a symlink links the symlink itself: refused here
         if (stat.S_ISREG(st.st_mode) and st.st_size > inline_max
                 and _room(folder, st.st_size + min_free, fresh=False) is None):
             return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,

@@ -6,7 +6,7 @@ Real files, real processes, real forks and kill -9s, then ``clearml-hooks sync``
 is ready with exactly the bytes of its save or failed with a reason, the user's files are what
 the user wrote, nothing is left pending.
 
-What they found (kept as strict xfails until fixed):
+What they found (the first is fixed and tested; the rest are strict xfails until fixed):
 
 - a path replaced by a *relative* symlink is linked first as the symlink itself (``os.link``
   does not follow it), and ``os.stat`` of our link resolves it from the staging folder: the

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from clearml_hooks.hooks.binding import Location
 from clearml_hooks.store import forks, staging
 from clearml_hooks.store.journal import Record, new_id
+from clearml_hooks.store.pending_links import PENDING, on_resolved
 from clearml_hooks.store.snapshot_lines import SnapshotLines
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ class Capturer:
         self._task_header = task_header
         self._task_rid: str | None = None
         self._journal_pid: int | None = None
-        self._linked: dict[str, list[dict[str, Any]]] = {}  # user's path -> pending link entries
         # paths copied, never linked: written in place behind a pending link before, or saved
         # through a file object (whose next open(p, "wb") truncates before any hook runs)
         self._clobbered: set[str] = set()
@@ -73,7 +73,6 @@ class Capturer:
         self._link_again: dict[str, tuple[str, str]] = {}
         self._absolute: dict[str, tuple[str, str]] = {}  # absolute path -> (abspath, basename)
         self._seen_loads: set[tuple] = set()
-        self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._start_timer: threading.Timer | None = None
         self._listening = False
@@ -149,30 +148,32 @@ class Capturer:
 
     @property
     def protecting(self) -> bool:
-        return bool(self._linked)
+        return bool(PENDING.paths)
 
     def before_save(self, path: str) -> None:
         """A hooked save is about to write ``path``: make private copies of the pending
         hard-linked snapshots it would overwrite in place (the file, a directory's files, a
-        checkpoint prefix's files). The user's file is not touched."""
-        if not self._linked:
+        checkpoint prefix's files), this task's or an earlier one's in this process. The user's
+        file is not touched."""
+        if not PENDING.paths:
             return
-        absolute = os.path.abspath(path)
-        with self._lock:
-            hits = [(p, list(entries)) for p, entries in self._linked.items()
-                    if p == absolute or p.startswith((absolute + os.sep, absolute + "."))]
-        for user_path, entries in hits:
+        for user_path, entries in PENDING.take_under(os.path.abspath(path)):
             for entry in entries:
-                if staging.make_private(entry, self.min_free):
+                outcome = staging.make_private(entry, self.min_free)
+                if outcome == staging.PRIVATE:
                     self.stats["private_copies"] += 1
-                else:
-                    self._clobbered_path(user_path)
-            with self._lock:
-                self._linked.pop(user_path, None)
+                elif outcome != staging.GONE:
+                    self._clobbered_path(user_path, outcome)
 
-    def _clobbered_path(self, user_path: str) -> None:
+    def _clobbered_path(self, user_path: str, outcome: str) -> None:
         self._clobbered.add(user_path)
         self.stats["snapshots_overwritten"] += 1
+        if outcome == staging.NO_ROOM:
+            self._warn_once("no-room-private", "clearml-hooks: no room for a private copy of "
+                            "the pending snapshot of %s before it is saved again; that snapshot "
+                            "fails instead of storing other bytes, and later saves of this path "
+                            "are copied", user_path)
+            return
         self._warn_once("clobbered", "clearml-hooks: %s was rewritten in place before its "
                         "previous snapshot was stored (an open file handle or another writer); "
                         "that snapshot fails instead of storing other bytes, and later saves of "
@@ -277,8 +278,7 @@ class Capturer:
             return True
         linked = header["files"][0]
         linked["rid"] = rid
-        with self._lock:
-            self._linked.setdefault(source, []).append(linked)
+        PENDING.add(source, linked)
         stats = self.stats
         stats["staged_link"] += 1
         stats["saves"] += 1
@@ -322,10 +322,8 @@ class Capturer:
         try:
             single = len(files) == 1
             for full, rel in files:
-                entry, payload = staging.stage_file(
-                    full, self._placer(full, rid, rel, folders, single),
-                    inline_max=self.inline_max, min_free=self.min_free,
-                    force_copy=full in self._clobbered, opened=opened)
+                entry, payload = self._stage(full, self._placer(full, rid, rel, folders, single),
+                                             opened)
                 opened = None
                 entry["rel"] = rel
                 entries.append(entry)
@@ -383,20 +381,38 @@ class Capturer:
                 self._link_again[source] = (home + os.sep, self.store.journal.dir)
             else:
                 self._link_again.pop(source, None)
-        if linked:
-            with self._lock:
-                for (full, _rel), entry in zip(files, entries, strict=True):
-                    if entry["how"] == "link":
-                        entry["rid"] = rid
-                        self._linked.setdefault(full, []).append(entry)
+        for (full, _rel), entry in zip(files, entries, strict=True):
+            if entry["how"] == "link":
+                entry["rid"] = rid
+                PENDING.add(full, entry)
         self.stats["saves"] += 1
         if not self.offline:
             worker = self.store.worker
             if linked and not self._listening:
                 self._listening = True
-                worker.add_listener(self._on_resolved)
+                worker.add_listener(on_resolved)
             worker.submit(record)
         return record
+
+    def _stage(self, full: str, place, opened: tuple[int, os.stat_result] | None
+               ) -> tuple[dict[str, Any], bytes]:
+        """``staging.stage_file``, once more when our staging folder was removed behind us (a
+        tmp reaper, a cleanup script); any other OS error is a reason the snapshot fails, never
+        an error in the user's save."""
+        for attempt in (1, 2):
+            try:
+                return staging.stage_file(full, place, inline_max=self.inline_max,
+                                          min_free=self.min_free,
+                                          force_copy=full in self._clobbered, opened=opened)
+            except FileNotFoundError as exc:
+                opened = None  # stage_file closed it
+                home = self._made_home
+                if attempt == 2 or home is None or os.path.isdir(home):
+                    raise staging.NotStaged(f"{full} could not be staged: {exc}") from None
+                self._made_home = None  # made again by the next place()
+            except OSError as exc:
+                raise staging.NotStaged(f"{full} could not be staged: {exc}") from None
+        raise AssertionError("unreachable")
 
     def _placer(self, full: str, rid: str, rel: str, folders: list[str], single: bool):
         """Where a file too big to go inline is staged: in this process's staging folder when
@@ -430,17 +446,6 @@ class Capturer:
             os.makedirs(home, exist_ok=True)
             self._made_home = home
         return home
-
-    def _on_resolved(self, record: Record, outcome: str) -> None:
-        if record.header.get("t") != "snap" or not self._linked:
-            return
-        with self._lock:
-            for path in list(self._linked):
-                kept = [e for e in self._linked[path] if e.get("rid") != record.rid]
-                if kept:
-                    self._linked[path] = kept
-                else:
-                    del self._linked[path]
 
     def loaded(self, hook: Hook | None, location: Location, framework: str) -> None:
         path = os.path.abspath(location.path)

@@ -248,34 +248,46 @@ def _try_link(src: str, staged: str, st: os.stat_result) -> bool:
     return True
 
 
-def make_private(entry: dict[str, Any], min_free: int = 0) -> bool:
+PRIVATE = "private"  # make_private: the snapshot's bytes are now in a private copy
+GONE = "gone"  # our staged link is gone: the worker stored (or failed) the snapshot already
+CHANGED = "changed"  # the bytes had changed already: the snapshot fails, with its reason
+NO_ROOM = "no room"  # no room for a private copy: the rewrite will fail the snapshot
+
+
+def make_private(entry: dict[str, Any], min_free: int = 0) -> str:
     """Before a hooked save rewrites a linked file: copy our staged link to a private file.
 
-    True when the snapshot's bytes are now safe; False when they had already changed (the
-    worker will fail that snapshot with its reason) or there is no room for a copy.
+    Returns PRIVATE or GONE when nothing is lost by the rewrite, CHANGED or NO_ROOM when the
+    snapshot will fail (the worker says why). GONE is not a rewrite: the worker removes a
+    stored snapshot's link before it tells the capturer, so a save can come in between.
     """
     staged = entry["path"]
     private = staged + PRIVATE_SUFFIX
     if os.path.exists(private):
-        return True
+        return PRIVATE
     try:
         fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return GONE
     except OSError:
-        return False
+        return CHANGED
     try:
         before = os.fstat(fd)
         if identity(before) != entry["id"]:
-            return False
+            return CHANGED
         free = free_bytes(os.path.dirname(staged))
         if free is not None and free < before.st_size + min_free:
-            return False
+            return NO_ROOM
         tmp = f"{private}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        copy_private(fd, tmp)
+        try:
+            copy_private(fd, tmp)
+        except OSError:  # the disk filled meanwhile (copy_private removed its partial copy)
+            return NO_ROOM
         if identity(os.fstat(fd)) != entry["id"]:
             os.unlink(tmp)
-            return False
+            return CHANGED
         os.replace(tmp, private)
-        return True
+        return PRIVATE
     finally:
         os.close(fd)
 

@@ -83,7 +83,9 @@ class Worker:
         self.last_error: str | None = None
 
     def add_listener(self, fn: Callable[[Record, str], None]) -> None:
-        self._listeners.append(fn)
+        """Call ``fn(record, outcome)`` as each record is resolved (once per function)."""
+        if fn not in self._listeners:
+            self._listeners.append(fn)
 
     def _check_fork(self) -> None:
         if self._pid != forks.PID:  # a forked child has none of the parent's threads

@@ -6,7 +6,7 @@ Real files, real processes, real forks and kill -9s, then ``clearml-hooks sync``
 is ready with exactly the bytes of its save or failed with a reason, the user's files are what
 the user wrote, nothing is left pending.
 
-What they found (the first is fixed and tested; the rest are strict xfails until fixed):
+What they found (each fixed, and kept as the test below):
 
 - a path replaced by a *relative* symlink is linked first as the symlink itself (``os.link``
   does not follow it), and ``os.stat`` of our link resolves it from the staging folder: the
@@ -18,6 +18,10 @@ What they found (the first is fixed and tested; the rest are strict xfails until
 - a hooked save right after the worker removed a stored snapshot's link (before it told the
   capturer) is taken for an in-place rewrite: a false warning, ``snapshots_overwritten``, and the
   path is copied from then on.
+
+The fixes: ``link_first`` lstat()s its own link; ``Capturer._stage`` makes the staging folder
+again; pending links are kept per process (``store/pending_links.py``); ``make_private`` says
+GONE, not a rewrite, when the worker removed the link already.
 """
 
 from __future__ import annotations
@@ -195,9 +199,6 @@ def _serialized(i: int) -> bytes:
 
 # -- the staging folder removed behind the agent ---------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="Capturer._staging_home caches the folder it made and "
-                   "never makes it again: every later staged save raises FileNotFoundError "
-                   "out of staging.stage_file (an agent error, no snapshot at all)")
 def test_staging_folder_removed_behind_the_agent(tmp_path, monkeypatch):
     import torch
 
@@ -227,9 +228,6 @@ def test_staging_folder_removed_behind_the_agent(tmp_path, monkeypatch):
 
 # -- Task.close() then Task.init() in the same process ---------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="pending links live in the closed task's Capturer._linked;"
-                   " the next task's before_save does not know them and its torch.save rewrites "
-                   "the old snapshot's inode in place")
 def test_close_then_new_task_saving_the_same_path_keeps_the_pending_snapshot(tmp_path,
                                                                               monkeypatch):
     """Offline (or close(timeout=0)): the closed task's snapshots wait in the journal. A new
@@ -259,9 +257,6 @@ def test_close_then_new_task_saving_the_same_path_keeps_the_pending_snapshot(tmp
 
 # -- the worker stores a snapshot between two saves ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="processor.process_batch removes the staged link before "
-                   "Worker._resolved tells Capturer._on_resolved; a before_save in between finds "
-                   "the link gone, make_private says False, and the path is marked clobbered")
 def test_a_save_right_after_the_worker_stored_the_last_is_not_a_clobber(tmp_path):
     """Save, wait until the worker removed the staged link (it stored the snapshot), save
     again at once: nothing was rewritten behind the hooks, so no snapshot is reported

@@ -471,6 +471,7 @@ def _drain(task: Task, timeout: float) -> None:
     if capturer.offline:
         saves = capturer.stats.get("saves", 0)
         if saves:
+            capturer.keep_pending_private()
             log.warning("clearml-hooks: offline: %d snapshot(s) of task %s are journaled in %s; "
                         "run `clearml-hooks sync` to store them", saves, task.id,
                         task.store.journal_root)
@@ -492,6 +493,7 @@ def _drain(task: Task, timeout: float) -> None:
                 break
         left = capturer.pending()
         if left:
+            capturer.keep_pending_private()
             log.warning(
                 "clearml-hooks: %d record(s) of task %s are not stored yet after %.0f s; they "
                 "are journaled and will be finished by the next run or `clearml-hooks sync`",

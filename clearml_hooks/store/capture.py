@@ -165,6 +165,25 @@ class Capturer:
                 elif outcome != staging.GONE:
                     self._clobbered_path(user_path, outcome)
 
+    def keep_pending_private(self) -> int:
+        """At close, with snapshots still pending (offline, or the store unreachable): copy the
+        pending links of paths this process saved more than once to private files. The next
+        run rewrites such a checkpoint in place before anything stores this run's last version
+        of it; without the copy that version fails. Paths saved once (``epoch_7.pt``) keep
+        their links: copying them all could double a disk. Returns how many were copied."""
+        copied = 0
+        for user_path, entries in PENDING.take_saved_again():
+            for entry in entries:
+                outcome = staging.make_private(entry, self.min_free)
+                if outcome == staging.PRIVATE:
+                    copied += 1
+                elif outcome == staging.NO_ROOM:
+                    self._warn_once("no-room-close", "clearml-hooks: no room to keep a private "
+                                    "copy of the pending snapshot of %s; if it is rewritten in "
+                                    "place before it is stored, that snapshot fails", user_path)
+        self.stats["private_copies_at_close"] += copied
+        return copied
+
     def _clobbered_path(self, user_path: str, outcome: str) -> None:
         self._clobbered.add(user_path)
         self.stats["snapshots_overwritten"] += 1
@@ -278,6 +297,7 @@ class Capturer:
             return True
         linked = header["files"][0]
         linked["rid"] = rid
+        linked["again"] = True  # see keep_pending_private
         PENDING.add(source, linked)
         stats = self.stats
         stats["staged_link"] += 1

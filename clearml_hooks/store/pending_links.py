@@ -41,6 +41,19 @@ class PendingLinks:
                     self._path_of.pop(entry["rid"], None)
             return hits
 
+    def take_saved_again(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Remove and return the links of paths saved more than once (flagged ``again`` when
+        journaled): a checkpoint saved again and again is the file the next run rewrites in
+        place, before anything stores what this one left pending."""
+        with self._lock:
+            hits = [(p, entries) for p, entries in self.paths.items()
+                    if any(e.get("again") for e in entries)]
+            for path, entries in hits:
+                del self.paths[path]
+                for entry in entries:
+                    self._path_of.pop(entry["rid"], None)
+            return hits
+
     def resolved(self, rid: str) -> None:
         """The worker stored or failed snapshot ``rid``: its links need no protection."""
         with self._lock:

@@ -134,6 +134,43 @@ def test_offline_then_same_size_rewrite_before_sync(z, tmp_path):
     assert torch_value(work / "last.pt") == 11
 
 
+def test_two_offline_runs_saving_one_checkpoint_then_sync(z, tmp_path):
+    """Offline, a run saves last.pt epoch after epoch and ends; the next run (a new process,
+    offline too) saves last.pt again before anyone syncs. The first run's last version is kept
+    private at its close (it saved that path more than once), so sync stores every version of
+    both runs exactly; an epoch file saved once keeps its link (no copy) and is stored too."""
+    home, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    env = env_for(home, STORE=str(home), CLEARML_HOOKS_OFFLINE="1")
+    run = """
+        first = int(os.environ["FIRST"])
+        task = Task.init(project_name="faults", task_name=f"run-{first}",
+                         output_uri=os.environ["STORE"], reuse_last_task_id=False)
+        for i in range(first, first + 3):
+            task.set_last_iteration(i)
+            torch.save(state(i, 0.25), "last.pt")
+        task.set_last_iteration(first + 50)
+        torch.save(state(first + 50, 0.25), f"epoch-{first}.pt")
+        task.close()
+        emit(stats=task.capture_stats)
+    """
+    script = write_script(tmp_path, run)
+    stats = []
+    for first in (1, 11):
+        proc = z.run(script, dict(env, FIRST=str(first)), work)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stats.append(events(proc.stdout)[0]["stats"])
+    # the last pending link of last.pt, copied at close; epoch-N.pt (saved once) stays a link
+    assert [s.get("private_copies_at_close", 0) for s in stats] == [1, 1], stats
+    sync(home)
+    by_it = {s["iteration"]: s for s in _ready_or_failed(home)}
+    assert_drained(home)
+    assert sorted(by_it) == [1, 2, 3, 11, 12, 13, 51, 61], sorted(by_it)
+    assert all(s["state"] == "ready" for s in by_it.values()), {
+        i: (s["state"], s["error"]) for i, s in by_it.items()}
+    assert torch_value(work / "last.pt") == 13
+
+
 def test_a_checkpoint_linked_first_then_rewritten_behind_the_hooks(z, tmp_path):
     """A path saved again is linked first (no open): each hooked save first makes the pending
     link of the previous one private, so those are stored exactly; a same-size writer the

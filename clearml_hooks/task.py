@@ -471,7 +471,10 @@ def _drain(task: Task, timeout: float) -> None:
     if capturer.offline:
         saves = capturer.stats.get("saves", 0)
         if saves:
-            capturer.keep_pending_private()
+            try:
+                capturer.keep_pending_private()
+            except Exception as exc:  # close() never raises into the user's code
+                log.warning("clearml-hooks: could not keep pending snapshots private: %s", exc)
             log.warning("clearml-hooks: offline: %d snapshot(s) of task %s are journaled in %s; "
                         "run `clearml-hooks sync` to store them", saves, task.id,
                         task.store.journal_root)

@@ -157,7 +157,11 @@ class Capturer:
         file is not touched."""
         if not PENDING.paths:
             return
-        for user_path, entries in PENDING.take_under(os.path.abspath(path)):
+        try:
+            inode: int | None = os.stat(path).st_ino
+        except (OSError, ValueError):
+            inode = None  # not there yet: only a folder's or a prefix's files can be pending
+        for user_path, entries in PENDING.take_under(os.path.abspath(path), inode):
             for entry in entries:
                 outcome = staging.make_private(entry, self.min_free)
                 if outcome == staging.PRIVATE:
@@ -177,21 +181,23 @@ class Capturer:
                 outcome = staging.make_private(entry, self.min_free)
                 if outcome == staging.PRIVATE:
                     copied += 1
-                elif outcome == staging.NO_ROOM:
-                    self._warn_once("no-room-close", "clearml-hooks: no room to keep a private "
-                                    "copy of the pending snapshot of %s; if it is rewritten in "
-                                    "place before it is stored, that snapshot fails", user_path)
+                elif outcome in (staging.NO_ROOM, staging.NOT_COPIED):
+                    self._warn_once("no-room-close", "clearml-hooks: could not keep a private "
+                                    "copy of the pending snapshot of %s (%s); if it is rewritten "
+                                    "in place before it is stored, that snapshot fails",
+                                    user_path, outcome)
         self.stats["private_copies_at_close"] += copied
         return copied
 
     def _clobbered_path(self, user_path: str, outcome: str) -> None:
         self._clobbered.add(user_path)
         self.stats["snapshots_overwritten"] += 1
-        if outcome == staging.NO_ROOM:
-            self._warn_once("no-room-private", "clearml-hooks: no room for a private copy of "
-                            "the pending snapshot of %s before it is saved again; that snapshot "
-                            "fails instead of storing other bytes, and later saves of this path "
-                            "are copied", user_path)
+        if outcome in (staging.NO_ROOM, staging.NOT_COPIED):
+            why = "no room for" if outcome == staging.NO_ROOM else "could not make"
+            self._warn_once("no-room-private", "clearml-hooks: %s a private copy of the pending "
+                            "snapshot of %s before it is saved again; that snapshot fails "
+                            "instead of storing other bytes, and later saves of this path are "
+                            "copied", why, user_path)
             return
         self._warn_once("clobbered", "clearml-hooks: %s was rewritten in place before its "
                         "previous snapshot was stored (an open file handle or another writer); "

@@ -29,14 +29,19 @@ class PendingLinks:
             self.paths.setdefault(path, []).append(entry)
             self._path_of[entry["rid"]] = path
 
-    def take_under(self, absolute: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    def take_under(self, absolute: str, inode: int | None = None
+                   ) -> list[tuple[str, list[dict[str, Any]]]]:
         """Remove and return the links a save of ``absolute`` may rewrite in place: the file
-        itself, a folder's files, a checkpoint prefix's files."""
+        itself, a folder's files, a checkpoint prefix's files, and any link of ``inode`` (the
+        file as it is now: the same file saved under another name, through a symlinked folder
+        or a hard link of the user's; a false match only costs a needless private copy)."""
         under = (absolute + os.sep, absolute + ".")
         with self._lock:
-            hits = [(p, self.paths.pop(p)) for p in list(self.paths)
-                    if p == absolute or p.startswith(under)]
-            for _path, entries in hits:
+            hits = [(p, entries) for p, entries in self.paths.items()
+                    if p == absolute or p.startswith(under)
+                    or (inode is not None and any(e["id"][0] == inode for e in entries))]
+            for path, entries in hits:
+                del self.paths[path]
                 for entry in entries:
                     self._path_of.pop(entry["rid"], None)
             return hits

@@ -252,14 +252,16 @@ PRIVATE = "private"  # make_private: the snapshot's bytes are now in a private c
 GONE = "gone"  # our staged link is gone: the worker stored (or failed) the snapshot already
 CHANGED = "changed"  # the bytes had changed already: the snapshot fails, with its reason
 NO_ROOM = "no room"  # no room for a private copy: the rewrite will fail the snapshot
+NOT_COPIED = "not copied"  # the copy failed otherwise (staging folder unwritable, ...)
 
 
 def make_private(entry: dict[str, Any], min_free: int = 0) -> str:
     """Before a hooked save rewrites a linked file: copy our staged link to a private file.
 
-    Returns PRIVATE or GONE when nothing is lost by the rewrite, CHANGED or NO_ROOM when the
-    snapshot will fail (the worker says why). GONE is not a rewrite: the worker removes a
-    stored snapshot's link before it tells the capturer, so a save can come in between.
+    Returns PRIVATE or GONE when nothing is lost by the rewrite; CHANGED, NO_ROOM or NOT_COPIED
+    when the snapshot will fail (the worker says why). GONE is not a rewrite: the worker removes
+    a stored snapshot's link before it tells the capturer, so a save can come in between. Never
+    raises OSError: whatever happens to our staging folder meanwhile, the user's save goes on.
     """
     staged = entry["path"]
     private = staged + PRIVATE_SUFFIX
@@ -270,7 +272,8 @@ def make_private(entry: dict[str, Any], min_free: int = 0) -> str:
     except FileNotFoundError:
         return GONE
     except OSError:
-        return CHANGED
+        return NOT_COPIED
+    tmp = f"{private}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         before = os.fstat(fd)
         if identity(before) != entry["id"]:
@@ -278,18 +281,32 @@ def make_private(entry: dict[str, Any], min_free: int = 0) -> str:
         free = free_bytes(os.path.dirname(staged))
         if free is not None and free < before.st_size + min_free:
             return NO_ROOM
-        tmp = f"{private}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        try:
-            copy_private(fd, tmp)
-        except OSError:  # the disk filled meanwhile (copy_private removed its partial copy)
-            return NO_ROOM
+        copy_private(fd, tmp)  # removes its partial copy when it fails
         if identity(os.fstat(fd)) != entry["id"]:
-            os.unlink(tmp)
+            _unlink_quietly(tmp)
             return CHANGED
         os.replace(tmp, private)
         return PRIVATE
+    except OSError as exc:  # the disk filled, or our staging folder went away meanwhile
+        _unlink_quietly(tmp)
+        if not os.path.exists(staged):
+            return GONE
+        return NO_ROOM if exc.errno in (errno.ENOSPC, errno.EDQUOT) else NOT_COPIED
     finally:
         os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# a staged path we cannot open for one of these reasons will not open later either: the
+# snapshot fails with the reason (not a service outage to wait out)
+_GONE_FOR_GOOD = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EACCES,
+                  errno.EPERM)
 
 
 class StagedReader:
@@ -300,14 +317,24 @@ class StagedReader:
 
     def open(self):
         """The file to read: the private copy if one was made, else the staged path."""
+        try:
+            return self._open()
+        except OSError as exc:
+            if exc.errno not in _GONE_FOR_GOOD:
+                raise  # EIO, ESTALE, ...: maybe a passing fault of the disk; tried again
+            path = self.entry["path"]
+            if exc.errno == errno.ENOENT:
+                raise SourceChanged(f"the staged file {path} is missing (our staging folder "
+                                    "was removed before the snapshot was stored)") from None
+            raise SourceChanged(f"the staged file {path} cannot be read: "
+                                f"{exc.strerror or exc}") from None
+
+    def _open(self):
         path = self.entry["path"]
         private = path + PRIVATE_SUFFIX
         if self.entry.get("how") == "link" and os.path.exists(private):
             return open(private, "rb", buffering=0)
-        try:
-            f = open(path, "rb", buffering=0)
-        except FileNotFoundError as exc:
-            raise SourceChanged(f"the staged file {path} is missing") from exc
+        f = open(path, "rb", buffering=0)
         if self.entry.get("how") == "link" and identity(os.fstat(f.fileno())) != self.entry["id"]:
             f.close()
             if os.path.exists(private):
@@ -335,7 +362,7 @@ class StagedReader:
         private = self.entry["path"] + PRIVATE_SUFFIX
         try:
             src = open(private, "rb", buffering=0)
-        except FileNotFoundError:
+        except OSError:
             raise SourceChanged(self.changed_reason()) from None
         with src:
             return consume(src)

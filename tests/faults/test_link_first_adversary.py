@@ -34,10 +34,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults._inproc import (
+    agent_errors,
+    init_task,
+    snapshots_by_source,
+    stored_value,
+    tensor_state,
+)
 from tests.faults._util import (
     assert_drained,
-    blob_path,
-    check_snapshots,
     env_for,
     events,
     open_catalog,
@@ -47,43 +52,6 @@ from tests.faults._util import (
     wait_for,
     write_script,
 )
-
-
-def _state(i: int, n: int = 40_000) -> dict:
-    import torch
-
-    return {"i": torch.tensor(i), "w": torch.full((n,), i, dtype=torch.int32)}  # ~160 KiB
-
-
-def _init(home: Path, name: str):
-    from clearml_hooks import Task
-
-    return Task.init(project_name="linkfirst", task_name=name, output_uri=str(home),
-                     reuse_last_task_id=False)
-
-
-def _agent_errors() -> int:
-    from clearml_hooks.hooks import contract
-
-    return contract.error_count()
-
-
-def _by_source(home: Path) -> dict[str, dict[int, dict]]:
-    """sync, then every snapshot (checked ready-exact or failed-with-reason) by source and
-    iteration; nothing left pending."""
-    sync(home)
-    snaps = snapshots(open_catalog(home))
-    check_snapshots(snaps, home / "blobs")
-    assert_drained(home)
-    out: dict[str, dict[int, dict]] = {}
-    for s in snaps:
-        out.setdefault(s["model_source"], {})[s["iteration"]] = s
-    return out
-
-
-def _stored_value(home: Path, snap: dict) -> int:
-    return torch_value(blob_path(home / "blobs", snap["files"][0]["sha256"]))
-
 
 # -- the user's path replaced between saves -------------------------------------------------------
 
@@ -103,17 +71,17 @@ def test_path_replaced_between_linked_saves(tmp_path, monkeypatch, kind):
     if kind == "symlink-to-dev-shm" and (not Path("/dev/shm").is_dir() or os.stat(
             "/dev/shm").st_dev == os.stat(work).st_dev):
         pytest.skip("needs /dev/shm on another filesystem")
-    task = _init(home, kind)
-    errors = _agent_errors()
+    task = init_task(home, kind)
+    errors = agent_errors()
     p = work / "last.pt"
     try:
         for i in (1, 2):
             task.set_last_iteration(i)
-            torch.save(_state(i), p)
+            torch.save(tensor_state(i), p)
         kept = None
         if kind == "atomic-replace":  # torch.save(tmp) (hooked) then os.replace (not hooked)
             task.set_last_iteration(3)
-            torch.save(_state(3), work / "tmp.pt")
+            torch.save(tensor_state(3), work / "tmp.pt")
             os.replace(work / "tmp.pt", p)
         elif kind == "absolute-symlink":
             target = work / "elsewhere.pt"
@@ -130,21 +98,21 @@ def test_path_replaced_between_linked_saves(tmp_path, monkeypatch, kind):
             os.rename(p, work / "kept.pt")
         for i in (4, 5):
             task.set_last_iteration(i)
-            torch.save(_state(i), p)
+            torch.save(tensor_state(i), p)
         stats = dict(task.capture_stats)
-        assert _agent_errors() == errors, stats
+        assert agent_errors() == errors, stats
         task.close()
         assert torch_value(p) == 5
         if kept is not None:
             assert torch_value(kept) == 5  # written through the symlink, by the user's save
         if kind == "renamed-away":
             assert torch_value(work / "kept.pt") == 2
-        by_src = _by_source(home)
+        by_src = snapshots_by_source(home)
         last = by_src[str(p)]
         assert sorted(last) == [1, 2, 4, 5], last
         for i in (1, 2, 4, 5):  # hooked saves: every one kept, with its own bytes
             assert last[i]["state"] == "ready", last[i]
-            assert _stored_value(home, last[i]) == i
+            assert stored_value(home, last[i]) == i
     finally:
         shm.unlink(missing_ok=True)
 
@@ -160,7 +128,7 @@ def test_relative_symlink_is_never_stored_with_another_files_bytes(tmp_path, mon
     home = tmp_path / "store"
     work = tmp_path / "w" / "a" / "b"
     work.mkdir(parents=True)
-    task = _init(home, "relative-symlink")
+    task = init_task(home, "relative-symlink")
     staging_dir = Path(task.store.staging_dir)
     other = Path(os.path.normpath(staging_dir / ".." / ".." / "m.pt"))
     real = Path(os.path.normpath(work / ".." / ".." / "m.pt"))
@@ -170,30 +138,30 @@ def test_relative_symlink_is_never_stored_with_another_files_bytes(tmp_path, mon
     p = work / "last.pt"
     for i in (1, 2):
         task.set_last_iteration(i)
-        torch.save(_state(i), p)
+        torch.save(tensor_state(i), p)
     os.symlink("../../m.pt", str(p) + ".new")
     os.replace(str(p) + ".new", p)
     task.set_last_iteration(3)
-    torch.save(_state(3), p)  # writes `real` through the symlink
+    torch.save(tensor_state(3), p)  # writes `real` through the symlink
     task.close()
     assert torch_value(real) == 3 and other.read_bytes() == data
     sync(home)
     snaps = {s["iteration"]: s for s in snapshots(open_catalog(home))}
     assert_drained(home)
     snap = snaps[3]
-    assert snap["state"] == "failed" or _stored_value(home, snap) == 3, (
-        f"snapshot 3 of {p} is ready with the bytes of save {_stored_value(home, snap)} "
+    assert snap["state"] == "failed" or stored_value(home, snap) == 3, (
+        f"snapshot 3 of {p} is ready with the bytes of save {stored_value(home, snap)} "
         f"(the file {other}), not 3")
 
 
 def _serialized(i: int) -> bytes:
-    """The bytes torch.save writes for _state(i), made while no task captures."""
+    """The bytes torch.save writes for tensor_state(i), made while no task captures."""
     import io
 
     import torch
 
     buf = io.BytesIO()
-    torch.save(_state(i), buf)  # a stream: not captured
+    torch.save(tensor_state(i), buf)  # a stream: not captured
     return buf.getvalue()
 
 
@@ -206,20 +174,20 @@ def test_staging_folder_removed_behind_the_agent(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEARML_HOOKS_OFFLINE", "1")
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
-    task = _init(home, "staging-gone")
-    errors = _agent_errors()
+    task = init_task(home, "staging-gone")
+    errors = agent_errors()
     p = work / "last.pt"
     for i in (1, 2):
         task.set_last_iteration(i)
-        torch.save(_state(i), p)
+        torch.save(tensor_state(i), p)
     shutil.rmtree(task.store.staging_dir)  # a cleanup script, a tmp reaper, a user
     for i in (3, 4, 5):
         task.set_last_iteration(i)
-        torch.save(_state(i), p)
-    got = _agent_errors() - errors
+        torch.save(tensor_state(i), p)
+    got = agent_errors() - errors
     task.close()
     assert torch_value(p) == 5
-    last = _by_source(home)[str(p)]
+    last = snapshots_by_source(home)[str(p)]
     # the snapshots whose staged links were removed can only fail (and do, with a reason);
     # every save after it is a snapshot, and no agent error
     assert sorted(last) == [1, 2, 3, 4, 5], sorted(last)
@@ -239,17 +207,17 @@ def test_close_then_new_task_saving_the_same_path_keeps_the_pending_snapshot(tmp
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
     p = work / "last.pt"
-    task = _init(home, "first")
+    task = init_task(home, "first")
     for i in (1, 2):  # the second is linked first
         task.set_last_iteration(i)
-        torch.save(_state(i), p)
+        torch.save(tensor_state(i), p)
     task.close()
-    task = _init(home, "second")
+    task = init_task(home, "second")
     for i in (3, 4):
         task.set_last_iteration(i)
-        torch.save(_state(i), p)
+        torch.save(tensor_state(i), p)
     task.close()
-    last = _by_source(home)[str(p)]
+    last = snapshots_by_source(home)[str(p)]
     assert sorted(last) == [1, 2, 3, 4]
     assert [last[i]["state"] for i in (1, 2, 3, 4)] == ["ready"] * 4, {
         i: (s["state"], s["error"]) for i, s in last.items()}
@@ -265,19 +233,19 @@ def test_a_save_right_after_the_worker_stored_the_last_is_not_a_clobber(tmp_path
 
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
-    task = _init(home, "resolved")
+    task = init_task(home, "resolved")
     p = work / "last.pt"
     staging_dir = task.store.staging_dir
     n = 12
     for i in range(1, n + 1):
         task.set_last_iteration(i)
-        torch.save(_state(i), p)
+        torch.save(tensor_state(i), p)
         # the worker's remove_staging is the first sign it stored the snapshot
         assert wait_for(lambda: not os.listdir(staging_dir), timeout=30, interval=0)
     assert task.flush(wait_for_uploads=True, timeout=60)
     stats = dict(task.capture_stats)
     task.close()
-    last = _by_source(home)[str(p)]
+    last = snapshots_by_source(home)[str(p)]
     assert all(s["state"] == "ready" for s in last.values()), last
     assert stats.get("snapshots_overwritten", 0) == 0, stats
     assert stats["staged_link"] == n, stats
@@ -294,13 +262,13 @@ def test_two_threads_taking_turns_on_one_path(tmp_path):
 
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
-    task = _init(home, "threads")
-    errors = _agent_errors()
+    task = init_task(home, "threads")
+    errors = agent_errors()
     p = work / "last.pt"
     lock = threading.Lock()
     counter = iter(range(1, 10_000))
     failures: list[BaseException] = []
-    states = {i: _state(i) for i in range(1, 41)}
+    states = {i: tensor_state(i) for i in range(1, 41)}
 
     def run() -> None:
         try:
@@ -320,9 +288,9 @@ def test_two_threads_taking_turns_on_one_path(tmp_path):
         t.join()
     assert not failures, failures
     assert task.flush(wait_for_uploads=True, timeout=60)
-    assert _agent_errors() == errors
+    assert agent_errors() == errors
     task.close()
-    last = _by_source(home)[str(p)]
+    last = snapshots_by_source(home)[str(p)]
     assert sorted(last) == list(range(1, 41))
     assert all(s["state"] == "ready" for s in last.values()), {
         i: s["error"] for i, s in last.items() if s["state"] != "ready"}
@@ -338,10 +306,10 @@ def test_more_paths_than_the_link_again_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEARML_HOOKS_INLINE_MAX", "1024")
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
-    task = _init(home, "many")
-    errors = _agent_errors()
+    task = init_task(home, "many")
+    errors = agent_errors()
     n = 1030
-    sds = [_state(i, 600) for i in range(1, 3)]  # ~3 KiB: over inline_max
+    sds = [tensor_state(i, 600) for i in range(1, 3)]  # ~3 KiB: over inline_max
     paths = [str(work / f"m{k}.pt") for k in range(n)]
     again = paths[:10] + paths[-10:]  # dropped from the cache when it filled, and kept
     for i, (sd, round_paths) in enumerate(zip(sds, [paths, again], strict=True), 1):
@@ -350,10 +318,10 @@ def test_more_paths_than_the_link_again_cache(tmp_path, monkeypatch):
             torch.save(sd, path)
     assert task.flush(wait_for_uploads=True, timeout=60)
     stats = dict(task.capture_stats)
-    assert _agent_errors() == errors
+    assert agent_errors() == errors
     assert stats["staged_link"] == n + len(again), stats
     task.close()
-    by_src = _by_source(home)
+    by_src = snapshots_by_source(home)
     assert len(by_src) == n
     for path in paths:
         assert sorted(by_src[path]) == ([1, 2] if path in again else [1]), by_src[path]
@@ -370,10 +338,10 @@ def test_hard_link_limit_falls_back_to_a_copy(tmp_path, monkeypatch):
     links = tmp_path / "links"
     work.mkdir()
     links.mkdir()
-    task = _init(home, "emlink")
+    task = init_task(home, "emlink")
     p = work / "last.pt"
     task.set_last_iteration(1)
-    torch.save(_state(1), p)  # linked: the next save of the path is linked first
+    torch.save(tensor_state(1), p)  # linked: the next save of the path is linked first
     k = 0
     try:
         while True:
@@ -386,12 +354,12 @@ def test_hard_link_limit_falls_back_to_a_copy(tmp_path, monkeypatch):
 
         assert exc.errno == errno.EMLINK, exc
     task.set_last_iteration(2)
-    torch.save(_state(2), p)  # rewrites the same inode in place: before_save copies #1 first
+    torch.save(tensor_state(2), p)  # rewrites the same inode in place: before_save copies #1 first
     stats = dict(task.capture_stats)
     task.close()
     shutil.rmtree(links)
     assert stats.get("staged_copy", 0) >= 1, stats
-    last = _by_source(home)[str(p)]
+    last = snapshots_by_source(home)[str(p)]
     assert [last[i]["state"] for i in (1, 2)] == ["ready", "ready"], last
 
 
@@ -425,24 +393,24 @@ def test_linked_first_on_a_nearly_full_disk(tmp_path, monkeypatch, small_tmpfs):
     home = small_tmpfs / "store"
     work = small_tmpfs / "work"
     work.mkdir()
-    task = _init(home, "full")
-    errors = _agent_errors()
+    task = init_task(home, "full")
+    errors = agent_errors()
     p = work / "last.pt"
     filler = work / "filler.bin"
     for i in range(1, 9):
         task.set_last_iteration(i)
-        torch.save(_state(i, 250_000), p)  # ~1 MiB
+        torch.save(tensor_state(i, 250_000), p)  # ~1 MiB
         with open(filler, "ab") as f:  # the user's other files eat the disk
             try:
                 f.write(b"\0" * (2 << 20))
             except OSError:
                 pass
     stats = dict(task.capture_stats)
-    assert _agent_errors() == errors, stats
+    assert agent_errors() == errors, stats
     filler.unlink()
     task.close()
     assert torch_value(p) == 8  # after close: a hooked load would register an input model
-    last = _by_source(home)[str(p)]
+    last = snapshots_by_source(home)[str(p)]
     assert sorted(last) == list(range(1, 9)), (sorted(last), stats)
     assert last[1]["state"] == "ready", last[1]  # saved while there was room
     assert any("not staged" in (s["error"] or "") for s in last.values()), last  # said why
@@ -491,7 +459,7 @@ def test_forked_child_capturing_the_same_path(z, tmp_path):
     # the child's counters start from the parent's (2 saves before the fork)
     assert child["stats"]["saves"] == 5 and parent["stats"]["saves"] == 4, ev
     assert torch_value(work / "last.pt") == 4
-    last = _by_source(home)[str(work / "last.pt")]
+    last = snapshots_by_source(home)[str(work / "last.pt")]
     assert sorted(last) == [1, 2, 3, 4, 10, 11, 12]
     assert all(s["state"] == "ready" for s in last.values()), {
         i: s["error"] for i, s in last.items() if s["state"] != "ready"}
@@ -517,7 +485,7 @@ def test_kill9_right_after_a_linked_first_save_then_sync(z, tmp_path):
     stats = events(proc.stdout)[0]["stats"]
     assert stats["staged_link"] == 3, stats
     assert torch_value(work / "last.pt") == 3
-    last = _by_source(home)[str(work / "last.pt")]
+    last = snapshots_by_source(home)[str(work / "last.pt")]
     assert sorted(last) == [1, 2, 3]
     # 1 and 2 were made private by the hooked saves after them; 3 is the user's file, unchanged
     assert all(s["state"] == "ready" for s in last.values()), last

@@ -425,20 +425,22 @@ class Capturer:
         """``staging.stage_file``, once more when our staging folder was removed behind us (a
         tmp reaper, a cleanup script); any other OS error is a reason the snapshot fails, never
         an error in the user's save."""
-        for attempt in (1, 2):
+        try:
             try:
-                return staging.stage_file(full, place, inline_max=self.inline_max,
-                                          min_free=self.min_free,
-                                          force_copy=full in self._clobbered, opened=opened)
-            except FileNotFoundError as exc:
-                opened = None  # stage_file closed it
+                return self._stage_file(full, place, opened)
+            except FileNotFoundError:
                 home = self._made_home
-                if attempt == 2 or home is None or os.path.isdir(home):
-                    raise staging.NotStaged(f"{full} could not be staged: {exc}") from None
+                if home is None or os.path.isdir(home):
+                    raise
                 self._made_home = None  # made again by the next place()
-            except OSError as exc:
-                raise staging.NotStaged(f"{full} could not be staged: {exc}") from None
-        raise AssertionError("unreachable")
+                return self._stage_file(full, place, None)  # stage_file closed ``opened``
+        except OSError as exc:
+            raise staging.NotStaged(f"{full} could not be staged: {exc}") from None
+
+    def _stage_file(self, full: str, place, opened: tuple[int, os.stat_result] | None
+                    ) -> tuple[dict[str, Any], bytes]:
+        return staging.stage_file(full, place, inline_max=self.inline_max, min_free=self.min_free,
+                                  force_copy=full in self._clobbered, opened=opened)
 
     def _placer(self, full: str, rid: str, rel: str, folders: list[str], single: bool):
         """Where a file too big to go inline is staged: in this process's staging folder when
@@ -453,7 +455,8 @@ class Capturer:
                     os.path.dirname(full), os.W_OK):
                 if single:
                     path = os.path.join(home, rid)
-                    folders.append(path)
+                    if path not in folders:  # asked again when the folder was made again
+                        folders.append(path)
                     return path
                 folder = os.path.join(home, rid)
             else:

@@ -63,7 +63,8 @@ def save_stall(size_mb: int, repeats: int) -> dict:
         tmp = tempfile.mkdtemp()
         state = {{f"layer{{i}}": torch.randn({size_mb} * 2**20 // 4 // 8) for i in range(8)}}
         task = Task.init(project_name="bench", task_name="stall", output_uri=tmp + "/store")
-        selection, sink = registry().selection, registry().sink
+        reg = registry()
+        sink = reg.sink  # off = the sink taken away (harness.agent_switches: no re-patching)
         path = os.path.join(tmp, "model.pt")
         on, off = [], []
         def timed():
@@ -73,12 +74,8 @@ def save_stall(size_mb: int, repeats: int) -> dict:
         for i in range({repeats}):
             # every sample starts alike: nothing stored in the background, no dirty pages
             for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
-                if mode == "off":
-                    registry().uninstrument()
-                    off.append(timed())
-                else:
-                    registry().instrument(selection, sink)
-                    on.append(timed())
+                reg.sink = None if mode == "off" else sink
+                (off if mode == "off" else on).append(timed())
                 task.flush(wait_for_uploads=True)  # training computes between saves
                 os.sync()
         print(json.dumps({{"off_s": statistics.median(off), "on_s": statistics.median(on),

@@ -1,103 +1,120 @@
-"""TensorFlow / Keras: what the agent costs the training thread.
+"""TensorFlow / Keras: save stall of two captured saves and the agent's cost per load call.
 
-- save stall ratio: median wall time of a save with the agent capturing it / with the agent off
-  (originals restored), on a ~100 MB Keras model (``model.save('.keras')``) and the same
-  weights as a ``tf.train.Checkpoint`` prefix; interleaved repeats, uploads drained between
-  repeats (outside the timed region) so that each save is timed alone;
-- cost per load call: median wall time of ``model.load_weights`` on a small model with the agent
-  capturing it and with the call filtered out by a wildcard, minus the agent-off time.
+Run (in an environment with tensorflow-cpu, Keras 3):
+python benchmarks/bench_tensorflow.py [--repeats 7] [--calls 30] [--json] [--retoggle]
 
-    python benchmarks/bench_tensorflow.py [--repeats 7] [--loads 200]
+- save stall, twice, on the same ~100 MB of weights (six 2048 x 2048 dense layers): Keras 3
+  ``model.save('x.keras')`` (the ``keras`` binding) and ``tf.train.Checkpoint.write(prefix)``
+  (the ``tensorflow`` binding). Each: median wall time of the save with the agent capturing vs
+  agent off (``harness.agent_switches``: the sink taken away, the hooks stay installed),
+  interleaved in one process; the store finishes each snapshot between saves, as training
+  computes between checkpoints (``harness.save_stall``).
+- load cost: the agent's own time per ``Model.load_weights(path)`` call of a small model, once
+  captured (no filter; a repeated load of an unchanged file) and once filtered out by a wildcard.
+  Measured by running the installed hook around a no-op in place of Keras (a real load's jitter
+  hides microseconds); the wall time of real loads is printed beside it (``harness.load_cost``).
+
+``harness.main`` runs one save per framework; this script runs the same harness functions for
+two saves and keeps its flags and output.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import functools
+import glob
+import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import harness
 
-from clearml_hooks import Task  # noqa: E402
-from clearml_hooks.hooks.registry import registry  # noqa: E402
-from clearml_hooks.hooks.selection import parse_auto_connect  # noqa: E402
+KEY = "keras"
+
+
+def setup(tmp: str) -> dict:
+    import keras
+    import tensorflow as tf
+
+    big = keras.Sequential([keras.Input((2048,))] + [keras.layers.Dense(2048) for _ in range(6)])
+    ckpt = tf.train.Checkpoint(model=big)
+    keras_path, ckpt_prefix = os.path.join(tmp, "big.keras"), os.path.join(tmp, "ckpt")
+    small = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+    small_path = os.path.join(tmp, "small.weights.h5")
+    small.save_weights(small_path)
+    return {
+        "version": f"tensorflow-cpu {tf.__version__} / Keras {keras.__version__}",
+        "saves": {
+            "keras_save": {"label": "model.save('.keras')", "save": lambda: big.save(keras_path),
+                           "files": lambda: [keras_path]},
+            "checkpoint_write": {"label": "tf.train.Checkpoint.write",
+                                 "save": lambda: ckpt.write(ckpt_prefix),
+                                 "files": lambda: glob.glob(ckpt_prefix + ".*")},
+        },
+        "load": lambda: small.load_weights(small_path), "load_label": "Model.load_weights(path)",
+        "hook_call": ("Model.load_weights", (small_path,), {}, small),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--loads", type=int, default=200)
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--retoggle", action="store_true",
+                        help="also time a captured save right after unpatching and patching again")
     args = parser.parse_args()
 
-    work = tempfile.mkdtemp(prefix="bench-tf-")
-    atexit.register(shutil.rmtree, work, True)  # models of 100 MB and the store, after the task
-    task = Task.init(project_name="bench", task_name="tensorflow",
-                     output_uri=os.path.join(work, "store"))
-    task.wait_registered()
-    import numpy as np
-    import tensorflow as tf
+    from clearml_hooks import Task
 
-    keras = tf.keras
-    capture = parse_auto_connect(True)
-    filtered = parse_auto_connect({"keras": "*.no-match", "tensorflow": "*.no-match"})
+    tmp = tempfile.mkdtemp(prefix="bench-tf-")
+    try:
+        fw = setup(tmp)
+        results: dict = {"version": fw["version"]}
+        task = Task.init(project_name="bench", task_name=f"{KEY}-save",
+                         output_uri=os.path.join(tmp, "store"))
+        try:
+            task.wait_registered()
+            for name, s in fw["saves"].items():
+                r = harness.save_stall(task, s["save"], args.repeats)
+                r["model_mb"] = sum(os.path.getsize(f) for f in s["files"]()) / 1e6
+                results[name] = r
+                if args.retoggle:
+                    results[f"{name}_retoggle"] = harness.retoggle_cost(task, s["save"],
+                                                                        args.repeats)
+        finally:
+            task.close()
 
-    def agent(selection) -> None:
-        registry().uninstrument()
-        if selection is not None:
-            registry().instrument(selection, task.capturer)
+        for mode, frameworks in (("captured", True), ("filtered", {KEY: "final*"})):
+            results[f"load_{mode}"] = harness.load_cost(KEY, tmp, fw["load"], fw["hook_call"],
+                                                        frameworks, args.repeats, args.calls)
+    finally:
+        from clearml_hooks import Task
 
-    big = keras.Sequential([keras.Input((2048,))] + [keras.layers.Dense(2048) for _ in range(6)])
-    size_mb = sum(int(np.prod(w.shape)) for w in big.weights) * 4 / 1e6
-    ckpt = tf.train.Checkpoint(model=big)
-    saves = {
-        f"model.save('.keras') {size_mb:.0f} MB": lambda: big.save(os.path.join(work, "big.keras")),
-        f"Checkpoint.write {size_mb:.0f} MB": lambda: ckpt.write(os.path.join(work, "ckpt")),
-    }
-    for label, save in saves.items():
-        agent(None)
-        save()  # warm up
-        s = harness.interleaved({"off": lambda: agent(None), "on": lambda: agent(capture)},
-                                lambda: harness.timed(save), args.repeats,  # noqa: B023
-                                after=lambda: task.flush(wait_for_uploads=True))
-        off, on = s["off"], s["on"]
-        print(f"{label}: off {statistics.median(off) * 1e3:.0f} ms, captured "
-              f"{statistics.median(on) * 1e3:.0f} ms, stall ratio "
-              f"{statistics.median(on) / statistics.median(off):.3f}")
-
-    small = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
-    weights = os.path.join(work, "small.weights.h5")
-    agent(None)
-    small.save_weights(weights)
-    load = lambda: small.load_weights(weights)  # noqa: E731
-    modes = {"off": None, "captured": capture, "filtered": filtered}
-    results = harness.interleaved({mode: functools.partial(agent, selection)
-                                   for mode, selection in modes.items()},
-                                  lambda: harness.timed(load), args.loads)
-    base = statistics.median(results["off"])
-    print(f"load_weights (small), median of {args.loads}: off {base * 1e6:.0f} us, captured "
-          f"{statistics.median(results['captured']) * 1e6:.0f} us, filtered out "
-          f"{statistics.median(results['filtered']) * 1e6:.0f} us (differences are within noise)")
-
-    # the agent's own work per load call, without the load's noise: the very hook Keras calls,
-    # wrapping a no-op instead of the real load (path, filter, stat, de-duplication)
+        current = Task.current_task()
+        if current is not None:  # an error left a task open: stop its worker before the rmtree
+            current.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # the 100 MB models and the store
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for name, s in fw["saves"].items():
+        r = results[name]
+        print(f"{fw['version']}: {s['label']} of {r['model_mb']:.1f} MB: {r['off_ms']:.1f} ms "
+              f"off, {r['on_ms']:.1f} ms captured, stall ratio {r['ratio']:.2f}")
+        if args.retoggle:
+            t = results[f"{name}_retoggle"]
+            print(f"captured {s['label']} right after uninstrument + instrument: "
+                  f"{t['retoggled_ms']:.1f} ms against {t['on_ms']:.1f} ms "
+                  f"({t['added_us']:+.0f} us)")
     for mode in ("captured", "filtered"):
-        agent(modes[mode])
-        [hook] = [h for h in registry().hooks["keras"]
-                  if h.wrapper is not None and h.target.qualname == "Model.load_weights"]
-        hook(harness.noop, small, (weights,), {})  # the first captured load registers the input
-        per_call = harness.per_call_us(hook, 20000, harness.noop, small, (weights,), {})
-        print(f"agent cost per load call ({mode}): {per_call:.1f} us")
-    agent(None)
-    task.close()
+        r = results[f"load_{mode}"]
+        print(f"{fw['load_label']} {mode}: agent {r['agent_us']:.1f} us per call "
+              f"(real loads: {r['wall_off_us']:.0f} us off, {r['wall_on_us']:.0f} us on)")
 
 
 if __name__ == "__main__":

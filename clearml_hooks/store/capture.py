@@ -171,9 +171,9 @@ class Capturer:
 
     def keep_pending_private(self) -> int:
         """At close, with snapshots still pending (offline, or the store unreachable): copy the
-        pending links of paths this process saved more than once to private files. The next
-        run rewrites such a checkpoint in place before anything stores this run's last version
-        of it; without the copy that version fails. Paths saved once (``epoch_7.pt``) keep
+        pending links of paths this process saved more than once (any task) to private files.
+        The next run rewrites such a checkpoint in place before anything stores this run's last
+        version of it; without the copy that version fails. Paths saved once (``epoch_7.pt``) keep
         their links: copying them all could double a disk. Returns how many were copied."""
         copied = 0
         for user_path, entries in PENDING.take_saved_again():
@@ -303,7 +303,6 @@ class Capturer:
             return True
         linked = header["files"][0]
         linked["rid"] = rid
-        linked["again"] = True  # see keep_pending_private
         PENDING.add(source, linked)
         stats = self.stats
         stats["staged_link"] += 1

@@ -11,8 +11,12 @@ def _entry(rid: str, inode: int) -> dict:
     return {"rid": rid, "id": [inode, 10, 1], "path": f"/staging/{rid}"}
 
 
-def _taken(links: PendingLinks, path: str, inode: int | None = None) -> list[str]:
-    return sorted(p for p, _entries in links.take_under(path, inode))
+def _taken(links: PendingLinks, path: str) -> list[str]:
+    return sorted(p for p, _entries in links.take_under(path))
+
+
+def _taken_inode(links: PendingLinks, inode: int) -> list[str]:
+    return sorted(p for p, _entries in links.take_inode(inode))
 
 
 def test_a_save_takes_the_file_its_folder_and_its_prefix_but_not_its_neighbours():
@@ -29,9 +33,12 @@ def test_a_save_takes_the_file_its_folder_and_its_prefix_but_not_its_neighbours(
 def test_another_name_of_the_file_is_found_by_its_inode():
     links = PendingLinks()
     links.add("/runs/2024/last.pt", _entry("r1", 42))
-    assert _taken(links, "/runs/current/last.pt") == []
-    assert _taken(links, "/runs/current/last.pt", 42) == ["/runs/2024/last.pt"]
-    assert not links.paths and not links._by_inode and not links._sorted and not links._path_of
+    links.add("/runs/2024/best.pt", _entry("r2", 42))  # the user's hard link, saved too
+    links.add("/runs/2024/other.pt", _entry("r3", 43))
+    assert _taken(links, "/runs/current/last.pt") == []  # not a folder or prefix of them
+    assert _taken_inode(links, 42) == ["/runs/2024/best.pt", "/runs/2024/last.pt"]
+    assert _taken_inode(links, 42) == []
+    assert list(links.paths) == ["/runs/2024/other.pt"] and list(links.inodes) == [43]
 
 
 def test_resolved_links_leave_every_index():
@@ -41,11 +48,11 @@ def test_resolved_links_leave_every_index():
     links.add("/w/b.pt", _entry("r3", 3))
     links.resolved("r1")
     assert [e["rid"] for e in links.paths["/w/a.pt"]] == ["r2"]
-    assert _taken(links, "/elsewhere", 1) == []  # r1's inode is no longer indexed
+    assert _taken_inode(links, 1) == []  # r1's inode is no longer indexed
     links.resolved("r2")
     links.resolved("r3")
     links.resolved("unknown")
-    assert not links.paths and not links._by_inode and not links._sorted and not links._path_of
+    assert not links.paths and not links.inodes and not links._sorted and not links._path_of
 
 
 def test_a_path_linked_again_in_the_process_is_flagged_whatever_the_task():

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from clearml_hooks.hooks.binding import Location
@@ -158,10 +159,16 @@ class Capturer:
         if not PENDING.paths:
             return
         try:
-            inode: int | None = os.stat(path).st_ino
+            st: os.stat_result | None = os.stat(path)
         except (OSError, ValueError):
-            inode = None  # not there yet: only a folder's or a prefix's files can be pending
-        for user_path, entries in PENDING.take_under(os.path.abspath(path), inode):
+            st = None  # not there yet: only a checkpoint prefix's files can be pending
+        if st is not None and S_ISREG(st.st_mode):  # the save rewrites this inode, no other
+            if st.st_ino not in PENDING.inodes:
+                return
+            hits = PENDING.take_inode(st.st_ino)
+        else:  # a folder, or a checkpoint prefix
+            hits = PENDING.take_under(os.path.abspath(path))
+        for user_path, entries in hits:
             for entry in entries:
                 outcome = staging.make_private(entry, self.min_free)
                 if outcome == staging.PRIVATE:

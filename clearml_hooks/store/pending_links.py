@@ -7,10 +7,11 @@ a private copy first (``staging.make_private``), exactly as the first task's wou
 here, the links outlive the ``Capturer`` that made them; a record's links go once the worker
 resolved it (``on_resolved``, a worker listener).
 
-Every hooked save asks "what pending link could I rewrite?" while anything is pending, and an
-offline run keeps every link pending: the answer comes from indexes (sorted paths for the file,
-a folder's files and a checkpoint prefix's files; inode numbers for other names of the file),
-never from a scan of all pending links.
+Every hooked save asks "what pending link could I rewrite?" while anything is pending (an offline
+run keeps every link pending), filtered-out saves too: the answer comes from indexes, never from
+a scan of all pending links. A save over an existing file rewrites that inode and no other, so
+its inode number is the whole question (one ``stat``, one dict lookup); only a folder or a
+checkpoint prefix (not a file) needs the sorted paths.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class PendingLinks:
         # read without the lock on the hot path (is anything pending at all?); changed under it
         self.paths: dict[str, list[dict[str, Any]]] = {}
         self._sorted: list[str] = []  # the keys of ``paths``, sorted: prefixes are ranges
-        self._by_inode: dict[int, set[str]] = {}
+        # inode number -> user paths with a pending link of it; read without the lock too
+        self.inodes: dict[int, set[str]] = {}
         self._path_of: dict[str, str] = {}  # snapshot rid -> user path
         self._seen: set[str] = set()  # paths with a link added in this process
         self._lock = threading.Lock()
@@ -51,25 +53,30 @@ class PendingLinks:
                 entries = self.paths[path] = []
                 bisect.insort(self._sorted, path)
             entries.append(entry)
-            self._by_inode.setdefault(entry["id"][0], set()).add(path)
+            self.inodes.setdefault(entry["id"][0], set()).add(path)
             self._path_of[entry["rid"]] = path
 
-    def take_under(self, absolute: str, inode: int | None = None
-                   ) -> list[tuple[str, list[dict[str, Any]]]]:
-        """Remove and return the links a save of ``absolute`` may rewrite in place: the file
-        itself, a folder's files, a checkpoint prefix's files, and any link of ``inode`` (the
-        file as it is now: the same file saved under another name, through a symlinked folder
-        or a hard link of the user's; a false match only costs a needless private copy)."""
+    def take_inode(self, inode: int) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Remove and return the links of the file a save is about to rewrite in place, by its
+        inode: whatever name it is saved under (the path linked, a symlinked folder, a hard link
+        of the user's, ``/proc/self/fd/N``). A same number on another filesystem only costs a
+        needless private copy."""
+        with self._lock:
+            return [(p, self._remove(p)) for p in list(self.inodes.get(inode, ()))]
+
+    def take_under(self, absolute: str) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Remove and return the links a save of ``absolute`` that is not a regular file may
+        rewrite in place: a folder's files, a checkpoint prefix's files (``ckpt.index``)."""
         under = (absolute + os.sep, absolute + ".")
         with self._lock:
-            found = list(self._by_inode.get(inode, ())) if inode is not None else []
+            found = []
             i = bisect.bisect_left(self._sorted, absolute)
             while i < len(self._sorted) and self._sorted[i].startswith(absolute):
                 p = self._sorted[i]
                 if p == absolute or p.startswith(under):
                     found.append(p)
                 i += 1
-            return [(p, self._remove(p)) for p in dict.fromkeys(found)]
+            return [(p, self._remove(p)) for p in found]
 
     def take_saved_again(self) -> list[tuple[str, list[dict[str, Any]]]]:
         """Remove and return the links of paths saved more than once in this process (flagged
@@ -113,11 +120,11 @@ class PendingLinks:
             inode = entry["id"][0]
             if inode in still:
                 continue
-            paths = self._by_inode.get(inode)
+            paths = self.inodes.get(inode)
             if paths is not None:
                 paths.discard(path)
                 if not paths:
-                    del self._by_inode[inode]
+                    del self.inodes[inode]
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at the fork

@@ -1,6 +1,6 @@
 """An adversary for what a close leaves pending: ``Capturer.keep_pending_private`` (called by
 ``task._drain`` when a task closes with snapshots pending: offline, or the store unreachable),
-``PendingLinks.take_under`` (pending links found by path or by the inode of the file about to be
+``PendingLinks.take_inode`` / ``take_under`` (pending links found by the inode of the file about to be
 rewritten), ``staging.make_private`` (PRIVATE / GONE / CHANGED / NO_ROOM / NOT_COPIED) and the
 staged reader, with real files, real torch, real processes (the torch zygote), the session's
 PostgreSQL frozen with SIGSTOP (always SIGCONT in ``finally``) or a port that refuses, kill -9,

@@ -1,6 +1,7 @@
 """The capture contract's costs as a user meets them (issue 7), side by side in one run.
 
-Run: python benchmarks/bench_capture.py [--only small|exit|lateness|breakdown] [--repeats 7]
+Run: python benchmarks/bench_capture.py [--only small|exit|lateness|breakdown|pending]
+[--repeats 7]
 
 - small: training-thread cost of a captured small ``torch.save`` over the same save filtered
   out, at rest and while the background worker stores a large snapshot; how much a
@@ -11,6 +12,8 @@ Run: python benchmarks/bench_capture.py [--only small|exit|lateness|breakdown] [
 - exit: process wall time of ``Task.init`` + exit with nothing saved, over the same script
   without it (fresh interpreters, interleaved, medians).
 - breakdown: training-thread CPU time of the pieces of a captured small save, one by one.
+- pending: a filtered-out save while a hard-linked snapshot is pending, and with nothing
+  pending, over the agent off (what protecting pending links costs every hooked save).
 - lateness: p99 lateness of a 1 ms timer loop in the main thread while a 1 GiB snapshot is
   stored in the background, vs. the same loop with nothing stored.
 """
@@ -206,6 +209,52 @@ def lateness(size_mb: int, repeats: int) -> dict:
     """))
 
 
+def pending(repeats: int) -> dict:
+    """A filtered-out save while a hard-linked snapshot is pending (offline: until ``sync``; live:
+    while the worker stores it), over the same save with nothing pending and with the agent
+    off: what protecting pending links (``Capturer.before_save``) costs every hooked save."""
+    return json.loads(_python(f"""
+        import json, os, shutil, statistics, tempfile, time
+        import torch
+        from clearml_hooks import Task
+        from clearml_hooks.hooks.registry import registry
+        from clearml_hooks.store.pending_links import PENDING
+        tmp = tempfile.mkdtemp()
+        try:
+            os.environ["CLEARML_HOOKS_OFFLINE"] = "1"  # the link stays pending
+            task = Task.init(project_name="bench", task_name="pending", output_uri=tmp + "/store",
+                             auto_connect_frameworks={{"pytorch": "final*.pt"}})
+            reg = registry()
+            sink = reg.sink
+            state, filtered = {{"w": torch.randn(256)}}, os.path.join(tmp, "epoch.pt")
+            final = os.path.join(tmp, "final.pt")
+            def timed():
+                t = time.perf_counter(); torch.save(state, filtered)
+                return (time.perf_counter() - t) * 1e6
+            for _ in range(200):
+                timed()
+            def paired(n=1000):  # agent off, then on, alternating: drift cancels
+                diffs = []
+                for _ in range(n):
+                    reg.sink = None; off = timed()
+                    reg.sink = sink; diffs.append(timed() - off)
+                return statistics.median(diffs)
+            linked, none = [], []
+            for _ in range({repeats}):
+                torch.save({{"w": torch.randn(1 << 18)}}, final)  # 1 MB: a pending hard link
+                assert PENDING.paths
+                linked.append(paired())
+                PENDING.take_under(tmp)  # forget it (a test of cost, not of capture)
+                none.append(paired())
+            print(json.dumps({{"filtered_over_off_us_link_pending": statistics.median(linked),
+                              "filtered_over_off_us_nothing_pending": statistics.median(none),
+                              "stats": task.capture_stats}}))
+            task.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    """))
+
+
 def breakdown(calls: int = 3000) -> dict:
     """Training-thread CPU time (``time.thread_time_ns``, medians) of the pieces of a captured
     small save, each called on its own: where the small save's cost goes."""
@@ -252,7 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--only", choices=["small", "exit", "lateness", "breakdown"])
+    parser.add_argument("--only", choices=["small", "exit", "lateness", "breakdown", "pending"])
     args = parser.parse_args()
     results = {}
     if args.only in (None, "small"):
@@ -264,6 +313,9 @@ def main() -> None:
     if args.only in (None, "lateness"):
         results["lateness"] = lateness(args.size_mb, max(3, args.repeats // 2))
         print("lateness", results["lateness"], flush=True)
+    if args.only in (None, "pending"):
+        results["pending"] = pending(args.repeats)
+        print("pending", results["pending"], flush=True)
     if args.only in (None, "breakdown"):
         results["breakdown"] = breakdown()
         print("breakdown", results["breakdown"], flush=True)

@@ -20,7 +20,6 @@ two saves and keeps its flags and output.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -61,13 +60,7 @@ def setup(tmp: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--retoggle", action="store_true",
-                        help="also time a captured save right after unpatching and patching again")
-    args = parser.parse_args()
+    args = harness.parse_args()
 
     from clearml_hooks import Task
 

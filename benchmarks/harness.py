@@ -152,6 +152,17 @@ def load_cost(key: str, tmp: str, load: Callable[[], object], hook_call: tuple, 
             "wall_on_us": statistics.median(s["on"])}
 
 
+def parse_args() -> argparse.Namespace:
+    """The options every framework's script takes."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--retoggle", action="store_true",
+                        help="also time a captured save right after unpatching and patching again")
+    return parser.parse_args()
+
+
 def main(key: str, setup: Callable[[str], dict]) -> None:
     """Run one framework's benchmark. ``key``: the binding's name in ``auto_connect_frameworks``.
 
@@ -160,13 +171,7 @@ def main(key: str, setup: Callable[[str], dict]) -> None:
     ``load_label`` (printed) and ``hook_call``: ``(qualname, args, kwargs, instance)`` of the
     load hook that :func:`hook_cost` calls around a no-op.
     """
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--retoggle", action="store_true",
-                        help="also time a captured save right after unpatching and patching again")
-    args = parser.parse_args()
+    args = parse_args()
 
     from clearml_hooks import Task
 

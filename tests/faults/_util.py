@@ -12,6 +12,7 @@ Every check here is one of the three that the capture contract promises:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -224,6 +225,25 @@ def assert_drained(home: Path, env: dict | None = None) -> None:
 
 def hidden_staging(root: Path) -> list[str]:
     return [str(p) for p in root.rglob(".clearml-hooks-staging-*")]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(parent: Path, size_mb: int, name: str = "tmpfs"):
+    """A tmpfs of ``size_mb`` mounted at ``parent/name`` (a small disk that fills), unmounted
+    afterwards. Skips the test where mounting is not allowed (not root)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = parent / name
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:

@@ -4,7 +4,6 @@ agent"): a small tmpfs holding the store and the checkpoints; then the store alo
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -13,6 +12,7 @@ from tests.faults._util import (
     env_for,
     events,
     hidden_staging,
+    mounted_tmpfs,
     open_catalog,
     snapshots,
     sync,
@@ -26,13 +26,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs need
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path, 64, "small") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 OVERWRITE = """

@@ -45,6 +45,7 @@ from tests.faults._util import (
     assert_drained,
     env_for,
     events,
+    mounted_tmpfs,
     open_catalog,
     snapshots,
     sync,
@@ -367,19 +368,8 @@ def test_hard_link_limit_falls_back_to_a_copy(tmp_path, monkeypatch):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    import subprocess
-
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with mounted_tmpfs(tmp_path, 16) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_linked_first_on_a_nearly_full_disk(tmp_path, monkeypatch, small_tmpfs):

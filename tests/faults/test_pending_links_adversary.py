@@ -80,6 +80,7 @@ from tests.faults._util import (
     check_snapshots,
     env_for,
     events,
+    mounted_tmpfs,
     open_catalog,
     snapshots,
     sync,
@@ -527,17 +528,8 @@ def test_staging_folder_removed_while_close_keeps_pending_links(tmp_path, monkey
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with mounted_tmpfs(tmp_path, 24) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_no_room_for_a_private_copy(tmp_path, monkeypatch, small_tmpfs, caplog):

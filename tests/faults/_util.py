@@ -227,6 +227,41 @@ def hidden_staging(root: Path) -> list[str]:
     return [str(p) for p in root.rglob(".clearml-hooks-staging-*")]
 
 
+def process_tree(pid: int) -> list[int]:
+    """A server's pid and its children's (PostgreSQL's backends), to freeze or thaw together."""
+    out = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids`` that is still there (SIGSTOP / SIGCONT a server)."""
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def new_database(server, prefix: str = "f") -> str:
+    """A fresh database on the test PostgreSQL ``server``: its SQLAlchemy URL."""
+    import uuid
+
+    import psycopg
+
+    name = prefix + uuid.uuid4().hex[:12]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(parent: Path, size_mb: int, name: str = "tmpfs"):
     """A tmpfs of ``size_mb`` mounted at ``parent/name`` (a small disk that fills), unmounted

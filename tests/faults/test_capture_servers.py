@@ -21,7 +21,10 @@ from tests.faults._util import (
     check_snapshots,
     env_for,
     events,
+    new_database,
     open_catalog,
+    process_tree,
+    signal_all,
     snapshots,
     status,
     sync,
@@ -44,35 +47,10 @@ EXIT_TIMEOUT = 4
 
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    out.append(int(entry))
-            except OSError:
-                pass
-    return out
 
 
-def _signal_tree(pid: int, sig: int) -> None:
-    for p in [pid, *_children(pid)]:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
 
 
-def _new_db(server) -> str:
-    import psycopg
-
-    name = "f" + uuid.uuid4().hex[:12]
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
 
 
 def _run_timed(z, tmp_path, env):
@@ -95,14 +73,14 @@ def test_catalog_down_never_blocks_saves(z, tmp_path, fault):
     frozen = False
     listener = None
     try:
-        url = _new_db(server)
+        url = new_database(server)
         if fault == "killed":
             run_url = url
             os.kill(server.pid, signal.SIGKILL)
             server.process.wait(10)
         elif fault == "frozen":
             run_url = url
-            _signal_tree(server.pid, signal.SIGSTOP)
+            signal_all(process_tree(server.pid), signal.SIGSTOP)
             frozen = True
         else:
             listener = socket.socket()
@@ -120,9 +98,9 @@ def test_catalog_down_never_blocks_saves(z, tmp_path, fault):
         if fault == "killed":
             server.stop()
             server = start_postgres(tmp_path / "pg2")
-            url = _new_db(server)
+            url = new_database(server)
         elif fault == "frozen":
-            _signal_tree(server.pid, signal.SIGCONT)
+            signal_all(process_tree(server.pid), signal.SIGCONT)
             frozen = False
         env["CLEARML_HOOKS_CATALOG_URL"] = url
         result = sync(home, env=env, timeout=120)
@@ -134,7 +112,7 @@ def test_catalog_down_never_blocks_saves(z, tmp_path, fault):
         assert status(home, env)["pending_snapshots"] == 0
     finally:
         if frozen:
-            _signal_tree(server.pid, signal.SIGCONT)
+            signal_all(process_tree(server.pid), signal.SIGCONT)
         if listener is not None:
             listener.close()
         server.stop()
@@ -165,7 +143,7 @@ def test_object_store_down_never_blocks_saves(z, tmp_path, fault):
                       CLEARML_HOOKS_S3_CONNECT_TIMEOUT="2", CLEARML_HOOKS_S3_READ_TIMEOUT="3",
                       CLEARML_HOOKS_EXIT_TIMEOUT=str(EXIT_TIMEOUT))
         if fault == "frozen":
-            _signal_tree(server.pid, signal.SIGSTOP)
+            signal_all(process_tree(server.pid), signal.SIGSTOP)
             frozen = True
         else:
             workdir = server.workdir
@@ -174,7 +152,7 @@ def test_object_store_down_never_blocks_saves(z, tmp_path, fault):
         assert ev["worst"] < 1.0, ev
         assert wall < EXIT_TIMEOUT + 6 * 0.3 + 20, wall
         if fault == "frozen":
-            _signal_tree(server.pid, signal.SIGCONT)
+            signal_all(process_tree(server.pid), signal.SIGCONT)
             frozen = False
         else:
             server = start_s3(workdir)
@@ -198,5 +176,5 @@ def test_object_store_down_never_blocks_saves(z, tmp_path, fault):
         assert status(home, env)["pending_snapshots"] == 0
     finally:
         if frozen:
-            _signal_tree(server.pid, signal.SIGCONT)
+            signal_all(process_tree(server.pid), signal.SIGCONT)
         server.stop()

@@ -72,7 +72,10 @@ from tests.faults._util import (
     check_snapshots,
     env_for,
     events,
+    new_database,
     open_catalog,
+    process_tree,
+    signal_all,
     snapshots,
     sync,
     torch_value,
@@ -185,37 +188,10 @@ ONLINE_RUN = """
 """
 
 
-def _tree(pid: int) -> list[int]:
-    """A server's pid and its children's (PostgreSQL's backends)."""
-    out = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
 
 
-def _signal(pids: list[int], sig: int) -> None:
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
 
 
-def _new_db(server) -> str:
-    import uuid
-
-    import psycopg
-
-    name = "c" + uuid.uuid4().hex[:12]
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.mark.parametrize("fault", ["frozen", "refused"])
@@ -225,7 +201,7 @@ def test_online_catalog_down_close_keeps_last_private(z, tmp_path, pg_server, fa
     (hooked) before the catalog is back; after sync all four snapshots are ready and exact."""
     home, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
-    url = _new_db(pg_server)
+    url = new_database(pg_server, "c")
     run_url = url
     if fault == "refused":
         s = socket.socket()
@@ -238,8 +214,8 @@ def test_online_catalog_down_close_keeps_last_private(z, tmp_path, pg_server, fa
     frozen: list[int] = []
     try:
         if fault == "frozen":
-            frozen = _tree(pg_server.pid)
-            _signal(frozen, signal.SIGSTOP)
+            frozen = process_tree(pg_server.pid)
+            signal_all(frozen, signal.SIGSTOP)
         proc = z.run(write_script(tmp_path, ONLINE_RUN, "first.py"),
                      dict(env, NAME="first", VALUES="1,2,3"), work, timeout=60)
         assert proc.returncode == 0, proc.stdout[-3000:]
@@ -249,7 +225,7 @@ def test_online_catalog_down_close_keeps_last_private(z, tmp_path, pg_server, fa
         assert proc.returncode == 0, proc.stdout[-3000:]
         second = events(proc.stdout)[-1]
     finally:
-        _signal(frozen, signal.SIGCONT)
+        signal_all(frozen, signal.SIGCONT)
     assert first["worst"] < 1.0, first  # no save waited on the catalog
     assert first["close"] < 1 + 2, first  # close waited its timeout, plus a copy of 8 MiB
     assert first["stats"]["private_copies_at_close"] == 1, first

@@ -68,6 +68,14 @@ def _reflink(src_fd: int, dst: str, device: int) -> bool:
         os.close(fd)
 
 
+def _unlink_quietly(path: str) -> None:
+    """Remove one of our own staging files, if it is there."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def copy_private(src_fd: int, dst: str) -> None:
     """Copy an open file into a new private file (in-kernel where possible)."""
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -92,10 +100,7 @@ def copy_private(src_fd: int, dst: str) -> None:
                 offset += len(chunk)
     except BaseException:
         os.close(fd)
-        try:
-            os.unlink(dst)
-        except OSError:
-            pass
+        _unlink_quietly(dst)
         raise
     os.close(fd)
 
@@ -215,10 +220,7 @@ def link_first(src: str, staged: str, folder: str, *, inline_max: int,
                     "id": [st.st_ino, st.st_size, st.st_mtime_ns]}  # identity(st)
     except OSError:
         pass
-    try:
-        os.unlink(staged)
-    except OSError:
-        pass
+    _unlink_quietly(staged)
     return None
 
 
@@ -294,13 +296,6 @@ def make_private(entry: dict[str, Any], min_free: int = 0) -> str:
         return NO_ROOM if exc.errno in (errno.ENOSPC, errno.EDQUOT) else NOT_COPIED
     finally:
         os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # a staged path we cannot open for one of these reasons will not open later either: the
@@ -394,7 +389,4 @@ def remove_staging(paths: list[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
             continue
         for name in (path, path + PRIVATE_SUFFIX):
-            try:
-                os.unlink(name)
-            except OSError:
-                pass
+            _unlink_quietly(name)
